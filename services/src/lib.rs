@@ -1,0 +1,185 @@
+//! Real PostgreSQL and Redis for the kata, started from locally installed binaries.
+//!
+//! Tests, the checker and the load test call [`Services::start`]. It honours `DATABASE_URL` and
+//! `REDIS_URL` when they are set (docker-compose, your own servers) and otherwise starts throwaway
+//! instances on free ports, torn down when the value is dropped. Nothing here is a fake: the
+//! service under test talks to a real `postgres` with `pg_stat_statements` preloaded and a real
+//! `redis-server`.
+
+mod postgres;
+mod proxy;
+mod redis_server;
+
+pub use postgres::Postgres;
+pub use proxy::LatencyProxy;
+pub use redis_server::RedisServer;
+
+use anyhow::Context as _;
+
+/// The default delay the proxy adds in each direction between the service and Postgres.
+///
+/// 1 ms each way is about the 2 ms round trip of a database in the same cloud region. On
+/// loopback a round trip costs ~0.05 ms and the N+1 is nearly free, which hides the lesson.
+pub const DEFAULT_DB_LATENCY_MS: u64 = 1;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Delay added per direction between the service and Postgres, in ms (0 = no proxy).
+    pub db_latency_ms: u64,
+    /// Use `DATABASE_URL` / `REDIS_URL` from the environment when they are set.
+    pub honour_env: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            db_latency_ms: DEFAULT_DB_LATENCY_MS,
+            honour_env: true,
+        }
+    }
+}
+
+/// A running PostgreSQL and Redis, either started here or given by the environment.
+pub struct Services {
+    postgres: Option<Postgres>,
+    redis: Option<RedisServer>,
+    proxy: Option<LatencyProxy>,
+    /// Direct connection to Postgres: for migrations, seeding and measurement.
+    pub database_url: String,
+    /// The URL the *service* uses: through the latency proxy when one runs.
+    pub service_database_url: String,
+    pub redis_url: String,
+    pub db_latency_ms: u64,
+}
+
+impl Services {
+    pub async fn start(options: Options) -> anyhow::Result<Self> {
+        let env = |name: &str| {
+            options
+                .honour_env
+                .then(|| std::env::var(name).ok())
+                .flatten()
+                .filter(|v| !v.is_empty())
+        };
+        let (postgres, database_url) = match env("DATABASE_URL") {
+            Some(url) => (None, url),
+            None => {
+                let pg = Postgres::start().await?;
+                let url = pg.url();
+                (Some(pg), url)
+            }
+        };
+        let (redis, redis_url) = match env("REDIS_URL") {
+            Some(url) => (None, url),
+            None => {
+                let r = RedisServer::start().await?;
+                let url = r.url();
+                (Some(r), url)
+            }
+        };
+        let (proxy, service_database_url) = if options.db_latency_ms == 0 {
+            (None, database_url.clone())
+        } else {
+            let upstream = host_port(&database_url)
+                .with_context(|| format!("cannot find host:port in DATABASE_URL {database_url}"))?;
+            let proxy = LatencyProxy::start(
+                upstream,
+                std::time::Duration::from_millis(options.db_latency_ms),
+            )?;
+            let url = replace_host_port(&database_url, &proxy.addr().to_string());
+            (Some(proxy), url)
+        };
+        Ok(Self {
+            postgres,
+            redis,
+            proxy,
+            database_url,
+            service_database_url,
+            redis_url,
+            db_latency_ms: options.db_latency_ms,
+        })
+    }
+
+    /// The Redis server started here, if any: the checker stops and restarts it to prove the
+    /// service survives a Redis outage. `None` when `REDIS_URL` pointed elsewhere.
+    pub fn owned_redis(&mut self) -> Option<&mut RedisServer> {
+        self.redis.as_mut()
+    }
+
+    /// True when Postgres was started here (and so is ours to reseed and measure freely).
+    pub fn owns_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    pub fn proxy(&self) -> Option<&LatencyProxy> {
+        self.proxy.as_ref()
+    }
+}
+
+/// `host:port` of a `postgres://user@host:port/db` URL (port defaults to 5432).
+fn host_port(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    if host_port.is_empty() {
+        return None;
+    }
+    Some(if host_port.contains(':') {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:5432")
+    })
+}
+
+fn replace_host_port(url: &str, new: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("checked by host_port");
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let user = authority
+        .rsplit_once('@')
+        .map(|(u, _)| format!("{u}@"))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{new}{tail}")
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes is accepted).
+pub(crate) fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Does `name` resolve on `PATH`?
+pub(crate) fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_is_found_with_and_without_user_and_port() {
+        assert_eq!(
+            host_port("postgres://kata@127.0.0.1:5555/kata").as_deref(),
+            Some("127.0.0.1:5555")
+        );
+        assert_eq!(
+            host_port("postgres://u:p@db/x?sslmode=disable").as_deref(),
+            Some("db:5432")
+        );
+        assert_eq!(host_port("postgres:///x"), None);
+    }
+
+    #[test]
+    fn replacing_host_port_keeps_user_database_and_query() {
+        assert_eq!(
+            replace_host_port("postgres://u:p@db:5432/x?sslmode=disable", "127.0.0.1:9"),
+            "postgres://u:p@127.0.0.1:9/x?sslmode=disable"
+        );
+    }
+}

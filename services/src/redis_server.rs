@@ -1,0 +1,90 @@
+//! A throwaway `redis-server` on a free port, without persistence.
+//!
+//! It can be stopped and started again on the same port, which is how the checker proves that a
+//! Redis outage degrades the service instead of taking it down.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+const INSTALL_HINT: &str = "redis-server was not found on PATH. Install it \
+(Debian/Ubuntu: `apt-get install redis-server`; macOS: `brew install redis`), or point REDIS_URL \
+at a running Redis (docker compose up -d redis).";
+
+impl RedisServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        crate::on_path("redis-server").context(INSTALL_HINT)?;
+        let mut server = Self {
+            child: None,
+            port: crate::free_port()?,
+            dir: tempfile::Builder::new().prefix("kata-redis-").tempdir()?,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Kill the server (as a crash would: no goodbye to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start (again) on the same port; data from before a stop is gone, as after a real restart.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        self.child = Some(child);
+        let client = redis::Client::open(self.url())?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => {
+                    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+                    return Ok(());
+                }
+                Err(e) if Instant::now() > deadline => {
+                    bail!("redis-server did not answer within 10 s: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

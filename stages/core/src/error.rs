@@ -1,0 +1,147 @@
+//! Errors as clients see them: RFC 9457 `application/problem+json`, with a title and a detail
+//! that says what to change. Causes of 500s are logged, never sent.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: "about:blank",
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{detail}")]
+    Rejected { status: StatusCode, detail: String },
+    #[error("database unavailable: {0}")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            // The database is unreachable or every pooled connection is busy past the timeout:
+            // tell the client to retry rather than letting it hang.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(error),
+            other => Self::Internal(other.into()),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        Self::Rejected {
+            status: rejection.status(),
+            detail: rejection.body_text(),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn problem(&self) -> Problem {
+        use StatusCode as S;
+        match self {
+            Self::BadRequest(d) => Problem::new(S::BAD_REQUEST, "Bad request", d),
+            Self::Unprocessable(d) => Problem::new(S::UNPROCESSABLE_ENTITY, "Invalid post", d),
+            Self::Unauthorized(d) => Problem::new(S::UNAUTHORIZED, "Unauthorized", d),
+            Self::NotFound(d) => Problem::new(S::NOT_FOUND, "Not found", d),
+            Self::Rejected { status, detail } => Problem::new(
+                *status,
+                status.canonical_reason().unwrap_or("Bad request"),
+                detail,
+            ),
+            Self::DatabaseUnavailable(_) => Problem::new(
+                S::SERVICE_UNAVAILABLE,
+                "Database unavailable",
+                "the database did not answer in time; retry shortly",
+            ),
+            Self::Unavailable(d) => Problem::new(S::SERVICE_UNAVAILABLE, "Service unavailable", d),
+            Self::Internal(_) => Problem::new(
+                S::INTERNAL_SERVER_ERROR,
+                "Internal server error",
+                "an unexpected error occurred; it has been logged",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Internal(cause) => tracing::error!(error = ?cause, "internal error"),
+            Self::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable")
+            }
+            _ => {}
+        }
+        let mut response = self.problem().into_response();
+        if let Self::Unauthorized(_) = self {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// `Query<T>` whose rejection is a problem document.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// `Json<T>` whose rejection is a problem document.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);

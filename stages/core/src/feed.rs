@@ -1,0 +1,20 @@
+//! The seam each stage fills: how the feed is read.
+
+use crate::api::FeedItem;
+
+/// What a feed read can fail with. Only the database can fail a read: a cache in front of it
+/// falls back to the database instead of failing (stage-2).
+pub type FeedError = sqlx::Error;
+
+/// Reads a user's timeline. Stage-0 implements it with lazy author loading, stage-1 with one
+/// JOIN, stage-2 wraps stage-1's in a cache. The router holds it as `Arc<dyn FeedSource>`.
+#[async_trait::async_trait]
+pub trait FeedSource: Send + Sync + 'static {
+    /// The `limit` newest posts on `user_id`'s timeline, newest first, ties broken by id
+    /// descending, each with its author.
+    async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError>;
+
+    /// Called after a post is written to `user_id`'s timeline. Sources that keep copies of the
+    /// feed (a cache) drop them here so the next read shows the post.
+    async fn timeline_changed(&self, _user_id: i64) {}
+}

@@ -1,0 +1,67 @@
+//! Reads a timeline and its authors in one statement.
+
+use chrono::{DateTime, Utc};
+use feed_core::api::{Author, FeedItem};
+use feed_core::{FeedError, FeedSource};
+use sqlx::PgPool;
+
+pub struct PostsWithAuthors {
+    db: PgPool,
+}
+
+impl PostsWithAuthors {
+    pub fn new(db: PgPool) -> Self {
+        Self { db }
+    }
+}
+
+/// One flat row per post, author columns alongside, mapped into the nested response.
+#[derive(sqlx::FromRow)]
+struct FeedRow {
+    id: i64,
+    body: String,
+    created_at: DateTime<Utc>,
+    author_id: i64,
+    author_name: String,
+    author_avatar: String,
+}
+
+impl From<FeedRow> for FeedItem {
+    fn from(row: FeedRow) -> Self {
+        Self {
+            id: row.id,
+            body: row.body,
+            created_at: row.created_at,
+            author: Author {
+                id: row.author_id,
+                name: row.author_name,
+                avatar: row.author_avatar,
+            },
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl FeedSource for PostsWithAuthors {
+    async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError> {
+        // THE LESSON: the authors come back with the posts, in the same round trip. The index
+        // on posts (user_id, created_at desc, id desc) hands over the newest `limit` rows
+        // already in order, and each finds its author by primary key. 21 statements become 1.
+        // (LEFT JOIN keeps a post even without an author row; the foreign key means that never
+        // happens, so here it returns exactly what an inner join would.)
+        let rows = sqlx::query_as::<_, FeedRow>(
+            "select p.id, p.body, p.created_at,
+                    u.id as author_id, u.name as author_name, u.avatar as author_avatar
+             from posts p
+             left join users u on p.author_id = u.id
+             where p.user_id = $1
+             order by p.created_at desc, p.id desc
+             limit $2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows.into_iter().map(FeedItem::from).collect())
+    }
+}

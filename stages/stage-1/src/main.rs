@@ -1,0 +1,15 @@
+use clap::Parser;
+
+/// stage-1: the feed in one JOIN.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    config: feed_core::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    feed_core::run(cli.config, |ctx| async move { Ok(stage_1::stage(ctx)) }).await
+}

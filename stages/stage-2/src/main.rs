@@ -1,0 +1,20 @@
+use clap::Parser;
+
+/// stage-2: the JOIN, with Redis cache-aside in front of it.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    config: feed_core::Config,
+    #[command(flatten)]
+    cache: stage_2::CacheConfig,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    feed_core::run(cli.config, |ctx| async move {
+        Ok(stage_2::stage(ctx, cli.cache))
+    })
+    .await
+}
