@@ -1,1 +1,18 @@
+//! The checker: proves what each stage claims by measuring it against real PostgreSQL and Redis.
+//!
+//! `verify` starts (or is pointed at) an implementation, drives it over HTTP, and reads the
+//! evidence where an engineer would: `pg_stat_statements` for statements per request, `EXPLAIN
+//! (ANALYZE, BUFFERS)` for plans, Redis `INFO stats` and `TTL` for the cache, response codes and
+//! headers for the rate limiter. Nothing it reports is asserted; everything is measured.
 
+pub mod checks;
+pub mod client;
+pub mod env;
+pub mod explain;
+pub mod pgss;
+pub mod report;
+pub mod target;
+
+pub use env::{EnvOptions, KataEnv, RunningApp};
+pub use report::{Check, Report};
+pub use target::{StageId, Target};

@@ -1,1 +1,213 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use checker::{EnvOptions, KataEnv, StageId, Target};
+use clap::{Parser, Subcommand, ValueEnum};
+use feed_core::auth::Tier;
+use feed_core::seed::Profile;
+
+/// The slow-api-kata checker: start the services, seed them, and prove what a stage claims by
+/// measuring it (pg_stat_statements, EXPLAIN, Redis INFO, response codes and headers).
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServiceArgs {
+    /// Delay added between the service and Postgres, per direction, in ms (0 = none).
+    #[arg(long, env = "DB_LATENCY_MS", default_value_t = kata_services::DEFAULT_DB_LATENCY_MS)]
+    db_latency_ms: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start PostgreSQL, Redis and the latency proxy (or reuse DATABASE_URL/REDIS_URL), seed,
+    /// serve a stage on --listen, and print what to export and a curl to try. Ctrl-C stops all.
+    Up {
+        #[arg(long, value_enum, default_value = "medium")]
+        profile: Profile,
+        /// Stage to serve (none: start only the services, to run your own build against them).
+        #[arg(long, value_enum, default_value = "stage-0")]
+        serve: Serve,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// Load a seed profile into DATABASE_URL (deterministic; a no-op when already loaded).
+    Seed {
+        #[arg(long, value_enum, default_value = "medium")]
+        profile: Profile,
+        #[arg(long, default_value_t = feed_core::seed::DEFAULT_SEED)]
+        seed: u64,
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Mint a bearer token for a user (signed with JWT_SECRET, or the development secret).
+    Token {
+        #[arg(long)]
+        user: i64,
+        #[arg(long, value_enum, default_value = "free")]
+        tier: Tier,
+        /// Validity in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Run the checks of every stage up to STAGE against a target and report what was measured.
+    Verify {
+        /// The bar: stage-0 (reproduces the N+1) … stage-3 (rate-limited).
+        stage: StageId,
+        /// The reference stage to verify (default: the same as the bar).
+        #[arg(long, value_enum, conflicts_with = "url")]
+        target: Option<StageId>,
+        /// Verify a running implementation instead (any language), pointed at the same
+        /// DATABASE_URL and REDIS_URL as the checker. Give it twice for the two-instance check.
+        #[arg(long)]
+        url: Vec<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        #[arg(long, value_enum, default_value = "small")]
+        profile: Profile,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// Show the evidence on demand: top statements by calls after a burst of feed requests,
+    /// and EXPLAIN (ANALYZE, BUFFERS) of each.
+    Explain {
+        #[arg(long, value_enum, default_value = "stage-0")]
+        stage: StageId,
+        /// The user whose feed is requested and explained (default: the first full timeline).
+        #[arg(long)]
+        user: Option<i64>,
+        #[arg(long, value_enum, default_value = "small")]
+        profile: Profile,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Serve {
+    #[value(name = "stage-0")]
+    Stage0,
+    #[value(name = "stage-1")]
+    Stage1,
+    #[value(name = "stage-2")]
+    Stage2,
+    #[value(name = "stage-3")]
+    Stage3,
+    None,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Up { profile, serve, listen, services } => up(profile, serve, listen, services).await?,
+        Command::Seed { profile, seed, database_url } => {
+            let db =
+                sqlx::PgPool::connect(&database_url).await.with_context(|| format!("connecting to {database_url}"))?;
+            feed_core::db::migrate(&db).await?;
+            let report = feed_core::seed::seed(&db, profile, seed).await?;
+            println!(
+                "{} profile {} (seed {}): {} users, {} posts in {:.1} s",
+                if report.already_loaded { "already loaded:" } else { "loaded" },
+                profile.name(),
+                seed,
+                report.users,
+                report.posts,
+                report.elapsed.as_secs_f64()
+            );
+        }
+        Command::Token { user, tier, hours } => {
+            let secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| feed_core::auth::DEV_SECRET.into());
+            println!(
+                "{}",
+                feed_core::auth::JwtKeys::new(&secret).mint(user, tier, std::time::Duration::from_secs(hours * 3600))
+            );
+        }
+        Command::Verify { stage, target, url, format, profile, services } => {
+            let target = if url.is_empty() { Target::Stage(target.unwrap_or(stage)) } else { Target::Urls(url) };
+            if format == Format::Text {
+                eprintln!("starting services and seeding the {} profile…", profile.name());
+            }
+            let mut env =
+                KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
+            let report = checker::checks::verify(&mut env, stage, target).await?;
+            match format {
+                Format::Text => print!("{}", report.to_text()),
+                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+            }
+            return Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Explain { stage, user, profile, services } => {
+            let env =
+                KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
+            print!("{}", checker::explain::on_demand(&env, stage, user).await?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, services: ServiceArgs) -> anyhow::Result<()> {
+    eprintln!("starting PostgreSQL and Redis (or using DATABASE_URL / REDIS_URL) and seeding {}…", profile.name());
+    let env = KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
+    let s = &env.services;
+    println!("# services are up; in another shell:");
+    println!(
+        "export DATABASE_URL={}   # what the service uses (through the {} ms latency proxy)",
+        s.service_database_url, s.db_latency_ms
+    );
+    println!("export DATABASE_URL_DIRECT={}   # for psql and the checker", s.database_url);
+    println!("export REDIS_URL={}", s.redis_url);
+    let stage = match serve {
+        Serve::Stage0 => Some(StageId::Stage0),
+        Serve::Stage1 => Some(StageId::Stage1),
+        Serve::Stage2 => Some(StageId::Stage2),
+        Serve::Stage3 => Some(StageId::Stage3),
+        Serve::None => None,
+    };
+    let user = 1;
+    let token = env.token(user, Tier::Free);
+    let _server = match stage {
+        Some(stage) => {
+            let ctx = feed_core::Context::connect(feed_core::Config { listen, ..env.app_config() }).await?;
+            let app = feed_core::router(&ctx, stage.build(ctx.clone()));
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen} (use --listen to pick another address)"))?;
+            println!("# {stage} is serving on http://{listen}; try it:");
+            Some(tokio::spawn(feed_core::serve(listener, app, std::future::pending())))
+        }
+        None => {
+            println!("# no stage served; start yours, e.g.: LISTEN_ADDR={listen} cargo run -p stage-1");
+            None
+        }
+    };
+    println!("curl -s -H 'Authorization: Bearer {token}' 'http://{listen}/api/feed?limit=3'");
+    println!("# Ctrl-C stops everything and deletes the throwaway data.");
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

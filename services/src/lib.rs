@@ -33,10 +33,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            db_latency_ms: DEFAULT_DB_LATENCY_MS,
-            honour_env: true,
-        }
+        Self { db_latency_ms: DEFAULT_DB_LATENCY_MS, honour_env: true }
     }
 }
 
@@ -55,13 +52,7 @@ pub struct Services {
 
 impl Services {
     pub async fn start(options: Options) -> anyhow::Result<Self> {
-        let env = |name: &str| {
-            options
-                .honour_env
-                .then(|| std::env::var(name).ok())
-                .flatten()
-                .filter(|v| !v.is_empty())
-        };
+        let env = |name: &str| options.honour_env.then(|| std::env::var(name).ok()).flatten().filter(|v| !v.is_empty());
         let (postgres, database_url) = match env("DATABASE_URL") {
             Some(url) => (None, url),
             None => {
@@ -83,10 +74,7 @@ impl Services {
         } else {
             let upstream = host_port(&database_url)
                 .with_context(|| format!("cannot find host:port in DATABASE_URL {database_url}"))?;
-            let proxy = LatencyProxy::start(
-                upstream,
-                std::time::Duration::from_millis(options.db_latency_ms),
-            )?;
+            let proxy = LatencyProxy::start(upstream, std::time::Duration::from_millis(options.db_latency_ms))?;
             let url = replace_host_port(&database_url, &proxy.addr().to_string());
             (Some(proxy), url)
         };
@@ -125,21 +113,14 @@ fn host_port(url: &str) -> Option<String> {
     if host_port.is_empty() {
         return None;
     }
-    Some(if host_port.contains(':') {
-        host_port.to_string()
-    } else {
-        format!("{host_port}:5432")
-    })
+    Some(if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:5432") })
 }
 
 fn replace_host_port(url: &str, new: &str) -> String {
     let (scheme, rest) = url.split_once("://").expect("checked by host_port");
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let user = authority
-        .rsplit_once('@')
-        .map(|(u, _)| format!("{u}@"))
-        .unwrap_or_default();
+    let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
     format!("{scheme}://{user}{new}{tail}")
 }
 
@@ -151,11 +132,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 
 /// Does `name` resolve on `PATH`?
 pub(crate) fn on_path(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
+    std::env::var_os("PATH")
+        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()))
 }
 
 #[cfg(test)]
@@ -164,14 +142,8 @@ mod tests {
 
     #[test]
     fn host_port_is_found_with_and_without_user_and_port() {
-        assert_eq!(
-            host_port("postgres://kata@127.0.0.1:5555/kata").as_deref(),
-            Some("127.0.0.1:5555")
-        );
-        assert_eq!(
-            host_port("postgres://u:p@db/x?sslmode=disable").as_deref(),
-            Some("db:5432")
-        );
+        assert_eq!(host_port("postgres://kata@127.0.0.1:5555/kata").as_deref(), Some("127.0.0.1:5555"));
+        assert_eq!(host_port("postgres://u:p@db/x?sslmode=disable").as_deref(), Some("db:5432"));
         assert_eq!(host_port("postgres:///x"), None);
     }
 

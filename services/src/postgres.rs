@@ -36,20 +36,10 @@ impl Postgres {
         let data = dir.path().join("data");
         let mut initdb = Command::new(bindir.join("initdb"));
         initdb
-            .args([
-                "--auth=trust",
-                "--encoding=UTF8",
-                "--locale=C",
-                "--no-sync",
-                "-U",
-                SUPERUSER,
-                "-D",
-            ])
+            .args(["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync", "-U", SUPERUSER, "-D"])
             .arg(&data)
             .stdout(Stdio::null());
-        let out = as_user(&mut initdb, run_as)
-            .output()
-            .context("running initdb")?;
+        let out = as_user(&mut initdb, run_as).output().context("running initdb")?;
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -57,11 +47,7 @@ impl Postgres {
         let port = crate::free_port()?;
         let log = std::fs::File::create(dir.path().join("postgres.log"))?;
         if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(
-                dir.path().join("postgres.log"),
-                Some(uid.as_raw()),
-                Some(gid.as_raw()),
-            )?;
+            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid.as_raw()), Some(gid.as_raw()))?;
         }
         let mut postgres = Command::new(bindir.join("postgres"));
         postgres
@@ -90,14 +76,8 @@ impl Postgres {
             ])
             .stdout(Stdio::null())
             .stderr(log);
-        let child = as_user(&mut postgres, run_as)
-            .spawn()
-            .context("starting postgres")?;
-        let pg = Self {
-            child,
-            port,
-            _dir: dir,
-        };
+        let child = as_user(&mut postgres, run_as).spawn().context("starting postgres")?;
+        let pg = Self { child, port, _dir: dir };
         pg.wait_ready().await?;
         Ok(pg)
     }
@@ -113,14 +93,11 @@ impl Postgres {
         loop {
             match sqlx::postgres::PgConnection::connect(&admin).await {
                 Ok(mut conn) => {
-                    sqlx::query("create database kata")
-                        .execute(&mut conn)
-                        .await?;
+                    sqlx::query("create database kata").execute(&mut conn).await?;
                     return Ok(());
                 }
                 Err(e) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(self._dir.path().join("postgres.log"))
-                        .unwrap_or_default();
+                    let log = std::fs::read_to_string(self._dir.path().join("postgres.log")).unwrap_or_default();
                     bail!("postgres did not accept connections within 30 s: {e}\n{log}");
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -173,10 +150,7 @@ fn unprivileged_user() -> anyhow::Result<Option<(nix::unistd::Uid, nix::unistd::
     Ok(Some((user.uid, user.gid)))
 }
 
-fn as_user(
-    cmd: &mut Command,
-    run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-) -> &mut Command {
+fn as_user(cmd: &mut Command, run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>) -> &mut Command {
     use std::os::unix::process::CommandExt as _;
     if let Some((uid, gid)) = run_as {
         cmd.uid(uid.as_raw()).gid(gid.as_raw());

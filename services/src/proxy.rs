@@ -5,49 +5,46 @@
 //! the proxy puts that distance back so the kata's numbers mean what they would in production.
 //!
 //! Bytes are timestamped when read and written out once their delay has passed, so the proxy adds
-//! latency without limiting throughput (pipelined traffic stays pipelined). It runs on its own
-//! thread and runtime so a busy service or load generator does not add jitter to it.
+//! latency without limiting throughput (pipelined traffic stays pipelined). It uses plain threads:
+//! `std::thread::sleep` is precise to a few tens of microseconds, where an async timer rounds every
+//! delay up to the next millisecond and would turn "1 ms" into nearly 2.
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
 
 pub struct LatencyProxy {
     addr: SocketAddr,
     latency: Duration,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    stopped: Arc<AtomicBool>,
 }
 
 impl LatencyProxy {
     /// Listen on a free loopback port and forward to `upstream` (`host:port`).
     pub fn start(upstream: String, latency: Duration) -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
+        let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let (shutdown, stop) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("db-latency-proxy".into())
-            .spawn(move || -> anyhow::Result<()> {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                runtime.block_on(async move {
-                    let listener = TcpListener::from_std(listener)?;
-                    tokio::select! {
-                        _ = stop => Ok(()),
-                        result = accept_loop(listener, upstream, latency) => result,
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stop = stopped.clone();
+        thread::Builder::new().name("db-latency-proxy".into()).spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&upstream) else { continue };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    if let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) {
+                        delayed_copy(from, to, latency);
                     }
-                })
-            })?;
-        Ok(Self {
-            addr,
-            latency,
-            shutdown: Some(shutdown),
-        })
+                }
+            }
+        })?;
+        Ok(Self { addr, latency, stopped })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -61,67 +58,33 @@ impl LatencyProxy {
 
 impl Drop for LatencyProxy {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.stopped.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(self.addr);
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    upstream: String,
-    latency: Duration,
-) -> anyhow::Result<()> {
-    loop {
-        let (client, _) = listener.accept().await?;
-        let upstream = upstream.clone();
-        tokio::spawn(async move {
-            let Ok(server) = TcpStream::connect(&upstream).await else {
-                return;
-            };
-            let _ = client.set_nodelay(true);
-            let _ = server.set_nodelay(true);
-            let (client_read, client_write) = client.into_split();
-            let (server_read, server_write) = server.into_split();
-            tokio::join!(
-                delayed_copy(client_read, server_write, latency),
-                delayed_copy(server_read, client_write, latency),
-            );
-        });
-    }
-}
-
-/// Copy `from` → `to`, each chunk leaving `latency` after it arrived.
-async fn delayed_copy(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    latency: Duration,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let writer = async move {
-        while let Some((due, chunk)) = rx.recv().await {
-            tokio::time::sleep_until(due).await;
-            if to.write_all(&chunk).await.is_err() {
+/// Copy `from` → `to` on two threads: one reads and timestamps, one waits out each chunk's delay
+/// and writes it.
+fn delayed_copy(mut from: TcpStream, mut to: TcpStream, latency: Duration) {
+    let _ = from.set_nodelay(true);
+    let _ = to.set_nodelay(true);
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx.send((Instant::now() + latency, buf[..n].to_vec())).is_err() {
                 break;
             }
         }
-        let _ = to.shutdown().await;
-    };
-    let reader = async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx
-                        .send((Instant::now() + latency, buf[..n].to_vec()))
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
+    });
+    thread::spawn(move || {
+        for (due, chunk) in rx {
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&chunk).is_err() {
+                break;
             }
         }
-    };
-    tokio::join!(reader, writer);
+        let _ = to.shutdown(Shutdown::Write);
+    });
 }

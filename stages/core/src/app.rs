@@ -36,14 +36,16 @@ impl Context {
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let db = crate::db::pool(&config)?;
         crate::db::migrate(&db).await.map_err(|e| {
-            anyhow::anyhow!("could not migrate {}: {e}\nIs PostgreSQL running? `cargo run -p checker -- up` starts one.", config.database_url)
+            anyhow::anyhow!(
+                "could not migrate {}: {e}\nIs PostgreSQL running? `cargo run -p checker -- up` starts one.",
+                config.database_url
+            )
         })?;
         let redis_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1);
-        let redis = redis::Client::open(config.redis_url.as_str())?
-            .get_connection_manager_lazy(redis_config)?;
+        let redis = redis::Client::open(config.redis_url.as_str())?.get_connection_manager_lazy(redis_config)?;
         Ok(Self { config, db, redis })
     }
 }
@@ -60,11 +62,7 @@ pub struct Stage {
 
 impl Stage {
     pub fn new(name: &'static str, feed: impl FeedSource) -> Self {
-        Self {
-            name,
-            feed: Arc::new(feed),
-            api_layer: None,
-        }
+        Self { name, feed: Arc::new(feed), api_layer: None }
     }
 
     pub fn with_api_layer(mut self, layer: impl FnOnce(Router) -> Router + Send + 'static) -> Self {
@@ -83,11 +81,7 @@ struct AppState {
 /// The whole application: `/api/*` (authenticated, plus the stage's layers), `/health`,
 /// `/ready`, `/metrics`, and problem+json for anything else.
 pub fn router(ctx: &Context, stage: Stage) -> Router {
-    let state = AppState {
-        db: ctx.db.clone(),
-        redis: ctx.redis.clone(),
-        feed: stage.feed,
-    };
+    let state = AppState { db: ctx.db.clone(), redis: ctx.redis.clone(), feed: stage.feed };
     let keys = Arc::new(JwtKeys::new(&ctx.config.jwt_secret));
 
     let api = Router::new()
@@ -99,10 +93,7 @@ pub fn router(ctx: &Context, stage: Stage) -> Router {
         None => api,
     };
     // Added last, so it runs first: no stage layer sees an unauthenticated request.
-    let api = api.layer(middleware::from_fn_with_state(
-        keys,
-        crate::auth::authenticate,
-    ));
+    let api = api.layer(middleware::from_fn_with_state(keys, crate::auth::authenticate));
 
     let ops = Router::new()
         .route("/health", get(health))
@@ -131,15 +122,10 @@ async fn get_feed(
 ) -> Result<Json<Feed>, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!(
-            "limit must be between 1 and {MAX_LIMIT}, got {limit}"
-        )));
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
     }
     let items = state.feed.feed(user.id, limit).await?;
-    Ok(Json(Feed {
-        user_id: user.id,
-        items,
-    }))
+    Ok(Json(Feed { user_id: user.id, items }))
 }
 
 async fn create_post(
@@ -162,16 +148,13 @@ async fn create_post(
     .bind(&new.body)
     .fetch_one(&state.db)
     .await
-    .map_err(
-        |e| match e.as_database_error().and_then(|d| d.code()).as_deref() {
-            // foreign_key_violation: the timeline owner or the token's user does not exist
-            Some("23503") => ApiError::Unprocessable(format!(
-                "user {} or author {} does not exist",
-                new.user_id, author.id
-            )),
-            _ => e.into(),
-        },
-    )?;
+    .map_err(|e| match e.as_database_error().and_then(|d| d.code()).as_deref() {
+        // foreign_key_violation: the timeline owner or the token's user does not exist
+        Some("23503") => {
+            ApiError::Unprocessable(format!("user {} or author {} does not exist", new.user_id, author.id))
+        }
+        _ => e.into(),
+    })?;
     state.feed.timeline_changed(post.user_id).await;
     Ok((StatusCode::CREATED, Json(post)))
 }
@@ -185,24 +168,10 @@ async fn ready(State(state): State<AppState>) -> Response {
     let timeout = Duration::from_secs(1);
     let postgres = tokio::time::timeout(timeout, sqlx::query("select 1").execute(&state.db)).await;
     let mut redis = state.redis.clone();
-    let redis = tokio::time::timeout(
-        timeout,
-        redis::cmd("PING").query_async::<String>(&mut redis),
-    )
-    .await;
+    let redis = tokio::time::timeout(timeout, redis::cmd("PING").query_async::<String>(&mut redis)).await;
     let problems: Vec<String> = [
-        (
-            "postgres",
-            postgres
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string())),
-        ),
-        (
-            "redis",
-            redis
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string())),
-        ),
+        ("postgres", postgres.map_err(|e| e.to_string()).and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))),
+        ("redis", redis.map_err(|e| e.to_string()).and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))),
     ]
     .into_iter()
     .filter_map(|(name, result)| result.err().map(|e| format!("{name}: {e}")))
@@ -210,29 +179,17 @@ async fn ready(State(state): State<AppState>) -> Response {
     if problems.is_empty() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
     } else {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Not ready",
-            problems.join("; "),
-        )
-        .into_response()
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "Not ready", problems.join("; ")).into_response()
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::metrics::record_pool(&state.db);
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::handle().render(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::handle().render())
 }
 
 async fn not_found(uri: axum::http::Uri) -> Problem {
-    Problem::new(
-        StatusCode::NOT_FOUND,
-        "Not found",
-        format!("no route for {}; see docs/api.md", uri.path()),
-    )
+    Problem::new(StatusCode::NOT_FOUND, "Not found", format!("no route for {}; see docs/api.md", uri.path()))
 }
 
 async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Problem {
@@ -249,9 +206,7 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 /// The body of every stage's `main`: logging, connect, build the stage, serve until Ctrl-C or
@@ -262,14 +217,10 @@ where
     Fut: Future<Output = anyhow::Result<Stage>>,
 {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     if config.jwt_secret == crate::auth::DEV_SECRET {
-        tracing::warn!(
-            "JWT_SECRET is not set: using the development secret; never do this in production"
-        );
+        tracing::warn!("JWT_SECRET is not set: using the development secret; never do this in production");
     }
     crate::metrics::handle();
     let ctx = Context::connect(config).await?;

@@ -18,12 +18,7 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            kind: "about:blank",
-            title,
-            status: status.as_u16(),
-            detail: detail.into(),
-        }
+        Self { kind: "about:blank", title, status: status.as_u16(), detail: detail.into() }
     }
 }
 
@@ -31,10 +26,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(self)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         response
     }
 }
@@ -82,10 +74,7 @@ impl From<QueryRejection> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        Self::Rejected {
-            status: rejection.status(),
-            detail: rejection.body_text(),
-        }
+        Self::Rejected { status: rejection.status(), detail: rejection.body_text() }
     }
 }
 
@@ -97,11 +86,9 @@ impl ApiError {
             Self::Unprocessable(d) => Problem::new(S::UNPROCESSABLE_ENTITY, "Invalid post", d),
             Self::Unauthorized(d) => Problem::new(S::UNAUTHORIZED, "Unauthorized", d),
             Self::NotFound(d) => Problem::new(S::NOT_FOUND, "Not found", d),
-            Self::Rejected { status, detail } => Problem::new(
-                *status,
-                status.canonical_reason().unwrap_or("Bad request"),
-                detail,
-            ),
+            Self::Rejected { status, detail } => {
+                Problem::new(*status, status.canonical_reason().unwrap_or("Bad request"), detail)
+            }
             Self::DatabaseUnavailable(_) => Problem::new(
                 S::SERVICE_UNAVAILABLE,
                 "Database unavailable",
@@ -128,9 +115,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = self.problem().into_response();
         if let Self::Unauthorized(_) = self {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

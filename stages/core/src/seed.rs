@@ -80,45 +80,24 @@ pub async fn seed(db: &PgPool, profile: Profile, seed: u64) -> anyhow::Result<Se
             .fetch_optional(db)
             .await?;
     if let Some((users, posts)) = loaded {
-        return Ok(SeedReport {
-            profile,
-            seed,
-            users,
-            posts,
-            already_loaded: true,
-            elapsed: started.elapsed(),
-        });
+        return Ok(SeedReport { profile, seed, users, posts, already_loaded: true, elapsed: started.elapsed() });
     }
 
     let mut tx = db.begin().await?;
-    sqlx::query("truncate posts, users, kata_seed restart identity")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("truncate posts, users, kata_seed restart identity").execute(&mut *tx).await?;
 
     let users = profile.users();
     let mut rows = String::new();
     for id in 1..=users {
-        writeln!(
-            rows,
-            "{id}\t{}\t/avatars/{id}.png\t{}",
-            name_of(id),
-            tier_of(id)
-        )?;
+        writeln!(rows, "{id}\t{}\t/avatars/{id}.png\t{}", name_of(id), tier_of(id))?;
     }
-    let mut copy = tx
-        .copy_in_raw("copy users (id, name, avatar, tier) from stdin")
-        .await?;
+    let mut copy = tx.copy_in_raw("copy users (id, name, avatar, tier) from stdin").await?;
     copy.send(rows.into_bytes()).await?;
     copy.finish().await?;
 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let newest = Utc
-        .with_ymd_and_hms(2026, 11, 1, 12, 0, 0)
-        .single()
-        .expect("valid date");
-    let mut copy = tx
-        .copy_in_raw("copy posts (id, user_id, author_id, body, created_at) from stdin")
-        .await?;
+    let newest = Utc.with_ymd_and_hms(2026, 11, 1, 12, 0, 0).single().expect("valid date");
+    let mut copy = tx.copy_in_raw("copy posts (id, user_id, author_id, body, created_at) from stdin").await?;
     let mut post_id = 0i64;
     let mut chunk = String::with_capacity(1 << 20);
     for user_id in 1..=users {
@@ -128,11 +107,7 @@ pub async fn seed(db: &PgPool, profile: Profile, seed: u64) -> anyhow::Result<Se
         let mut times: Vec<DateTime<Utc>> = Vec::new();
         for _ in 0..profile.timeline_len(user_id, &mut rng) {
             times.push(at);
-            let step = if rng.random_range(0..8) == 0 {
-                0
-            } else {
-                rng.random_range(1..3_600)
-            };
+            let step = if rng.random_range(0..8) == 0 { 0 } else { rng.random_range(1..3_600) };
             at -= chrono::Duration::seconds(step);
         }
         // Ids grow with time, as they would in a live system.
@@ -168,43 +143,28 @@ pub async fn seed(db: &PgPool, profile: Profile, seed: u64) -> anyhow::Result<Se
     tx.commit().await?;
     // Fresh statistics, so the planner sees the data it will serve.
     sqlx::query("analyze users, posts").execute(db).await?;
-    Ok(SeedReport {
-        profile,
-        seed,
-        users,
-        posts: post_id,
-        already_loaded: false,
-        elapsed: started.elapsed(),
-    })
+    Ok(SeedReport { profile, seed, users, posts: post_id, already_loaded: false, elapsed: started.elapsed() })
 }
 
 const FIRST: [&str; 16] = [
-    "Ada", "Alan", "Barbara", "Dennis", "Edsger", "Frances", "Grace", "Guido", "Hedy", "John",
-    "Ken", "Leslie", "Linus", "Margaret", "Radia", "Tony",
+    "Ada", "Alan", "Barbara", "Dennis", "Edsger", "Frances", "Grace", "Guido", "Hedy", "John", "Ken", "Leslie",
+    "Linus", "Margaret", "Radia", "Tony",
 ];
 const LAST: [&str; 16] = [
-    "Allen", "Backus", "Cerf", "Dijkstra", "Hamilton", "Hopper", "Hoare", "Kay", "Knuth",
-    "Lamport", "Liskov", "Lovelace", "Perlman", "Ritchie", "Thompson", "Turing",
+    "Allen", "Backus", "Cerf", "Dijkstra", "Hamilton", "Hopper", "Hoare", "Kay", "Knuth", "Lamport", "Liskov",
+    "Lovelace", "Perlman", "Ritchie", "Thompson", "Turing",
 ];
 const WORDS: [&str; 24] = [
-    "shipped", "the", "feed", "today", "latency", "query", "index", "cache", "coffee", "review",
-    "merged", "deploy", "friday", "pager", "quiet", "night", "postgres", "redis", "tokens",
-    "bucket", "join", "plan", "graph", "again",
+    "shipped", "the", "feed", "today", "latency", "query", "index", "cache", "coffee", "review", "merged", "deploy",
+    "friday", "pager", "quiet", "night", "postgres", "redis", "tokens", "bucket", "join", "plan", "graph", "again",
 ];
 
 fn name_of(id: i64) -> String {
     let i = id as usize;
-    format!(
-        "{} {}",
-        FIRST[i % FIRST.len()],
-        LAST[(i / FIRST.len()) % LAST.len()]
-    )
+    format!("{} {}", FIRST[i % FIRST.len()], LAST[(i / FIRST.len()) % LAST.len()])
 }
 
 fn body_text(rng: &mut ChaCha8Rng) -> String {
     let words = rng.random_range(4..=24);
-    (0..words)
-        .map(|_| WORDS[rng.random_range(0..WORDS.len())])
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..words).map(|_| WORDS[rng.random_range(0..WORDS.len())]).collect::<Vec<_>>().join(" ")
 }

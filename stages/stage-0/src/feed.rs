@@ -26,13 +26,11 @@ struct PostRow {
 impl PostRow {
     /// The post's author, like `post.author` on an ORM model.
     async fn author(&self, db: &PgPool) -> Result<Author, FeedError> {
-        sqlx::query_as::<_, (i64, String, String)>(
-            "select id, name, avatar from users where id = $1",
-        )
-        .bind(self.author_id)
-        .fetch_one(db)
-        .await
-        .map(|(id, name, avatar)| Author { id, name, avatar })
+        sqlx::query_as::<_, (i64, String, String)>("select id, name, avatar from users where id = $1")
+            .bind(self.author_id)
+            .fetch_one(db)
+            .await
+            .map(|(id, name, avatar)| Author { id, name, avatar })
     }
 }
 
@@ -58,12 +56,7 @@ impl FeedSource for PostsThenAuthors {
             // `post.author.name` in a template; pg_stat_statements shows it as 20 calls of the
             // same `where id = $1` for every feed request.
             let author = post.author(&self.db).await?;
-            items.push(FeedItem {
-                id: post.id,
-                body: post.body,
-                created_at: post.created_at,
-                author,
-            });
+            items.push(FeedItem { id: post.id, body: post.body, created_at: post.created_at, author });
         }
         Ok(items)
     }

@@ -32,11 +32,7 @@ impl From<FeedRow> for FeedItem {
             id: row.id,
             body: row.body,
             created_at: row.created_at,
-            author: Author {
-                id: row.author_id,
-                name: row.author_name,
-                avatar: row.author_avatar,
-            },
+            author: Author { id: row.author_id, name: row.author_name, avatar: row.author_avatar },
         }
     }
 }

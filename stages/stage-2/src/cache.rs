@@ -33,10 +33,7 @@ pub struct CacheConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self {
-            cache_ttl_secs: 300,
-            cache_ttl_jitter_pct: 10,
-        }
+        Self { cache_ttl_secs: 300, cache_ttl_jitter_pct: 10 }
     }
 }
 
@@ -45,11 +42,7 @@ impl CacheConfig {
     pub fn jittered_ttl(&self) -> Duration {
         let base = self.cache_ttl_secs as f64;
         let spread = base * self.cache_ttl_jitter_pct as f64 / 100.0;
-        let secs = if spread > 0.0 {
-            rand::rng().random_range(base - spread..=base + spread)
-        } else {
-            base
-        };
+        let secs = if spread > 0.0 { rand::rng().random_range(base - spread..=base + spread) } else { base };
         Duration::from_secs_f64(secs.max(1.0))
     }
 }
@@ -78,11 +71,7 @@ pub struct CachedFeed<S> {
 
 impl<S: FeedSource> CachedFeed<S> {
     pub fn new(inner: S, redis: ConnectionManager, config: CacheConfig) -> Self {
-        Self {
-            inner,
-            redis,
-            config,
-        }
+        Self { inner, redis, config }
     }
 
     async fn get(&self, key: &str) -> redis::RedisResult<Option<Vec<FeedItem>>> {
@@ -92,8 +81,9 @@ impl<S: FeedSource> CachedFeed<S> {
         Ok(cached.and_then(|json| serde_json::from_str(&json).ok()))
     }
 
-    /// The one request that recomputes: read the inner source, store the page with a jittered TTL.
-    async fn fill(&self, user_id: i64) -> Result<Vec<FeedItem>, FeedError> {
+    /// The one request that recomputes: read the inner source, store the page with a jittered
+    /// TTL, but only while we still hold the lock (see `FILL`).
+    async fn fill(&self, user_id: i64, token: &str) -> Result<Vec<FeedItem>, FeedError> {
         metrics::counter!("cache_recompute_total").increment(1);
         // Cache the largest page anyone may ask for; every `limit` is a slice of it, so one key
         // (and one DEL on write) covers all page sizes.
@@ -101,23 +91,22 @@ impl<S: FeedSource> CachedFeed<S> {
         let json = serde_json::to_string(&items).expect("feed items always serialise");
         let ttl = self.config.jittered_ttl();
         let mut redis = self.redis.clone();
-        let stored: redis::RedisResult<()> =
-            within_timeout(redis.set_ex(feed_key(user_id), json, ttl.as_secs().max(1))).await;
+        let mut fill = FILL.key(feed_key(user_id));
+        fill.key(lock_key(user_id)).arg(token).arg(json).arg(ttl.as_secs().max(1));
+        let stored: redis::RedisResult<i64> = within_timeout(fill.invoke_async(&mut redis)).await;
         if let Err(e) = stored {
-            bypassed("set", &e);
+            bypassed("fill", &e);
         }
         Ok(items)
     }
 
     /// Miss path with stampede protection: only the holder of the per-key lock recomputes.
     async fn miss(&self, user_id: i64) -> redis::RedisResult<Result<Vec<FeedItem>, FeedError>> {
-        let key = feed_key(user_id);
-        let lock = lock_key(user_id);
         let token = rand::rng().random::<u64>().to_string();
         let mut redis = self.redis.clone();
-        let acquired: bool = within_timeout(
+        let acquired = within_timeout(
             redis::cmd("SET")
-                .arg(&lock)
+                .arg(lock_key(user_id))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
@@ -127,21 +116,16 @@ impl<S: FeedSource> CachedFeed<S> {
         .await?
         .is_some();
         if acquired {
-            // Someone may have filled the key between our GET and our lock: check once more, or
-            // two requests would run the query for one cold key.
-            let result = match self.get(&key).await? {
-                Some(items) => Ok(items),
-                None => self.fill(user_id).await,
-            };
-            let _: redis::RedisResult<i64> =
-                within_timeout(RELEASE.key(&lock).arg(&token).invoke_async(&mut redis)).await;
-            return Ok(result);
+            // The lock is not released after the fill: it expires by itself. A request that
+            // missed just before our fill then finds the lock taken and waits for the value,
+            // instead of taking a free lock and running the query a second time.
+            return Ok(self.fill(user_id, &token).await);
         }
         // Another request (maybe in another instance) is computing this feed: wait for it.
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(WAIT_STEP).await;
-            if let Some(items) = self.get(&key).await? {
+            if let Some(items) = self.get(&feed_key(user_id)).await? {
                 return Ok(Ok(items));
             }
         }
@@ -150,24 +134,23 @@ impl<S: FeedSource> CachedFeed<S> {
     }
 }
 
-/// Delete the lock only if we still hold it (it may have expired and been taken by another).
-static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+/// Store the value only if the lock is still ours. A post invalidates by deleting the value *and*
+/// the lock; a fill that read the database before that post then finds the lock gone and does
+/// not write its stale page back (the classic cache-aside race between a read and a write).
+static FILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
-        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+        "if redis.call('get', KEYS[2]) == ARGV[1] then
+           redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+           return 1
+         end
+         return 0",
     )
 });
 
-async fn within_timeout<T>(
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> redis::RedisResult<T> {
-    tokio::time::timeout(feed_core::app::REDIS_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "redis call timed out",
-            )))
-        })
+async fn within_timeout<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(feed_core::app::REDIS_TIMEOUT, call).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out")))
+    })
 }
 
 fn bypassed(op: &str, error: &redis::RedisError) {
@@ -204,7 +187,7 @@ impl<S: FeedSource> FeedSource for CachedFeed<S> {
 
     async fn timeline_changed(&self, user_id: i64) {
         let mut redis = self.redis.clone();
-        let deleted: redis::RedisResult<i64> = within_timeout(redis.del(feed_key(user_id))).await;
+        let deleted: redis::RedisResult<i64> = within_timeout(redis.del(&[feed_key(user_id), lock_key(user_id)])).await;
         if let Err(e) = deleted {
             // The post is safe in Postgres; only its visibility waits for the TTL. Say so loudly.
             tracing::error!(user_id, error = %e, "could not invalidate cached feed; it may be stale until its TTL");

@@ -79,24 +79,14 @@ struct Decision {
 
 impl TokenBucket {
     pub fn new(redis: ConnectionManager, config: RateLimitConfig) -> Self {
-        Self {
-            redis,
-            config,
-            script: redis::Script::new(include_str!("bucket.lua")),
-        }
+        Self { redis, config, script: redis::Script::new(include_str!("bucket.lua")) }
     }
 
     /// The tier's limit; `None` = exempt (internal callers: health checkers, batch jobs we run).
     fn limit(&self, tier: Tier) -> Option<Limit> {
         match tier {
-            Tier::Free => Some(Limit {
-                per_min: self.config.rate_free_per_min,
-                burst: self.config.rate_free_burst,
-            }),
-            Tier::Pro => Some(Limit {
-                per_min: self.config.rate_pro_per_min,
-                burst: self.config.rate_pro_burst,
-            }),
+            Tier::Free => Some(Limit { per_min: self.config.rate_free_per_min, burst: self.config.rate_free_burst }),
+            Tier::Pro => Some(Limit { per_min: self.config.rate_pro_per_min, burst: self.config.rate_pro_burst }),
             Tier::Internal => None,
         }
     }
@@ -105,19 +95,12 @@ impl TokenBucket {
     async fn take(&self, user_id: i64, limit: Limit) -> redis::RedisResult<Decision> {
         let mut redis = self.redis.clone();
         let mut invocation = self.script.key(format!("ratelimit:v1:user:{user_id}"));
-        invocation
-            .arg(limit.burst)
-            .arg(f64::from(limit.per_min) / 60.0);
+        invocation.arg(limit.burst).arg(f64::from(limit.per_min) / 60.0);
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut redis);
         let (admitted, remaining, next_token_us, full_in_us) =
-            tokio::time::timeout(feed_core::app::REDIS_TIMEOUT, call)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "redis call timed out",
-                    )))
-                })?;
+            tokio::time::timeout(feed_core::app::REDIS_TIMEOUT, call).await.unwrap_or_else(|_| {
+                Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out")))
+            })?;
         Ok(Decision {
             admitted: admitted == 1,
             remaining: remaining.max(0) as u64,
@@ -145,11 +128,13 @@ pub async fn rate_limit(
             tracing::warn!(%error, policy = ?bucket.config.on_redis_error, "rate limiter cannot reach redis");
             return match bucket.config.on_redis_error {
                 OnRedisError::Open => {
-                    metrics::counter!("ratelimit_decisions_total", "tier" => tier, "decision" => "failed_open").increment(1);
+                    metrics::counter!("ratelimit_decisions_total", "tier" => tier, "decision" => "failed_open")
+                        .increment(1);
                     next.run(request).await
                 }
                 OnRedisError::Closed => {
-                    metrics::counter!("ratelimit_decisions_total", "tier" => tier, "decision" => "failed_closed").increment(1);
+                    metrics::counter!("ratelimit_decisions_total", "tier" => tier, "decision" => "failed_closed")
+                        .increment(1);
                     Problem::new(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "Rate limiter unavailable",
@@ -160,13 +145,8 @@ pub async fn rate_limit(
             };
         }
     };
-    let outcome = if decision.admitted {
-        "admitted"
-    } else {
-        "limited"
-    };
-    metrics::counter!("ratelimit_decisions_total", "tier" => tier, "decision" => outcome)
-        .increment(1);
+    let outcome = if decision.admitted { "admitted" } else { "limited" };
+    metrics::counter!("ratelimit_decisions_total", "tier" => tier, "decision" => outcome).increment(1);
 
     let mut response = if decision.admitted {
         next.run(request).await
@@ -180,9 +160,7 @@ pub async fn rate_limit(
             ),
         )
         .into_response();
-        limited
-            .headers_mut()
-            .insert("retry-after", HeaderValue::from(decision.retry_after_secs));
+        limited.headers_mut().insert("retry-after", HeaderValue::from(decision.retry_after_secs));
         limited
     };
     rate_limit_headers(response.headers_mut(), tier, limit, &decision);
@@ -193,10 +171,7 @@ pub async fn rate_limit(
 /// caller stands in it, so well-behaved clients slow down before they hit the wall.
 fn rate_limit_headers(headers: &mut HeaderMap, tier: &str, limit: Limit, decision: &Decision) {
     let policy = format!("\"{tier}\";q={};w=60", limit.per_min);
-    let state = format!(
-        "\"{tier}\";r={};t={}",
-        decision.remaining, decision.full_in_secs
-    );
+    let state = format!("\"{tier}\";r={};t={}", decision.remaining, decision.full_in_secs);
     for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);

@@ -1,0 +1,204 @@
+//! `verify stage-N`: the checks of every stage up to N, against one target.
+
+mod cache;
+mod contract;
+mod queries;
+mod rate_limit;
+
+use std::collections::BTreeMap;
+
+use feed_core::api::{Author, Feed, FeedItem};
+use feed_core::auth::Tier;
+use serde_json::Value;
+
+use crate::client::Api;
+use crate::env::{KataEnv, RunningApp};
+use crate::report::Report;
+use crate::{StageId, Target};
+
+/// Everything a check needs.
+pub struct Run<'a> {
+    pub env: &'a mut KataEnv,
+    pub bar: StageId,
+    pub target: Target,
+    /// The first instance of the target (and the second, when there is one).
+    pub api: Api,
+    pub second: Option<Api>,
+    pub users: Users,
+    _apps: Vec<RunningApp>,
+}
+
+/// Disjoint sets of seeded users, so one check's cache entries or token buckets never leak into
+/// another's measurement. Chosen by query, so the same data always gives the same users.
+#[derive(Debug, Clone)]
+pub struct Users {
+    /// Timelines with at least 20 posts (the headline case: a full page).
+    pub full: Vec<i64>,
+    /// Timelines with 1 to 19 posts.
+    pub short: Vec<i64>,
+    /// Users with no posts on their timeline.
+    pub empty: Vec<i64>,
+}
+
+impl Users {
+    async fn load(env: &KataEnv) -> anyhow::Result<Self> {
+        let by_count = |low: i64, high: i64, n: i64| {
+            sqlx::query_scalar::<_, i64>(
+                "select user_id from posts where user_id <= (select max(id) from users)
+                 group by user_id having count(*) between $1 and $2 order by user_id limit $3",
+            )
+            .bind(low)
+            .bind(high)
+            .bind(n)
+            .fetch_all(&env.admin)
+        };
+        let full = by_count(20, i64::MAX, 400).await?;
+        let short = by_count(1, 19, 4).await?;
+        let empty = sqlx::query_scalar(
+            "select id from users u where not exists (select 1 from posts p where p.user_id = u.id) order by id limit 2",
+        )
+        .fetch_all(&env.admin)
+        .await?;
+        anyhow::ensure!(
+            full.len() >= 210,
+            "the seeded data has only {} full timelines; reseed with `checker seed`",
+            full.len()
+        );
+        Ok(Self { full, short, empty })
+    }
+
+    /// `n` full timelines starting at `from`; each check uses its own range.
+    pub fn full(&self, from: usize, n: usize) -> &[i64] {
+        &self.full[from..from + n]
+    }
+}
+
+/// Run the checks of stages 0..=`bar` against `target`.
+pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::Result<Report> {
+    let users = Users::load(env).await?;
+    env.flush_redis().await?;
+    let mut apps = Vec::new();
+    let (api, second) = match &target {
+        Target::Stage(stage) => {
+            let first = env.spawn(*stage).await?;
+            let api = Api::new(&first.base_url);
+            apps.push(first);
+            let second = if bar >= StageId::Stage3 {
+                let app = env.spawn(*stage).await?;
+                let api = Api::new(&app.base_url);
+                apps.push(app);
+                Some(api)
+            } else {
+                None
+            };
+            (api, second)
+        }
+        Target::Urls(urls) => (Api::new(&urls[0]), urls.get(1).map(|u| Api::new(u))),
+    };
+    let mut report = Report::new(bar.name(), &target.to_string());
+    report.environment.insert("db_latency_ms_per_direction".into(), env.services.db_latency_ms.into());
+    report.environment.insert("db_round_trip_ms".into(), ((env.db_round_trip_ms * 100.0).round() / 100.0).into());
+    report.environment.insert("profile".into(), env.options.profile.name().into());
+    let mut run = Run { env, bar, target, api, second, users, _apps: apps };
+
+    contract::run(&mut run, &mut report).await;
+    queries::run(&mut run, &mut report).await;
+    if bar >= StageId::Stage1 {
+        queries::equivalence(&mut run, &mut report).await;
+    }
+    if bar >= StageId::Stage2 {
+        cache::run(&mut run, &mut report).await;
+    }
+    if bar >= StageId::Stage3 {
+        rate_limit::run(&mut run, &mut report).await;
+    }
+    if bar >= StageId::Stage2 {
+        // Last: it stops and restarts Redis.
+        cache::redis_down(&mut run, &mut report).await;
+    }
+    Ok(report)
+}
+
+impl Run<'_> {
+    /// A token for checks that are not about rate limiting: `internal` is exempt from the
+    /// stage-3 limiter, so those checks measure the same thing at every stage.
+    pub fn token(&self, user_id: i64) -> String {
+        self.env.token(user_id, Tier::Internal)
+    }
+
+    /// The feed as the checker's own SQL computes it, independently of any stage.
+    pub async fn oracle(&self, user_id: i64, limit: i64) -> anyhow::Result<Value> {
+        let rows: Vec<(i64, String, chrono::DateTime<chrono::Utc>, i64, String, String)> = sqlx::query_as(
+            "select p.id, p.body, p.created_at, a.id, a.name, a.avatar
+             from posts p join users a on a.id = p.author_id
+             where p.user_id = $1
+             order by p.created_at desc, p.id desc
+             limit $2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(&self.env.admin)
+        .await?;
+        let items = rows
+            .into_iter()
+            .map(|(id, body, created_at, author_id, name, avatar)| FeedItem {
+                id,
+                body,
+                created_at,
+                author: Author { id: author_id, name, avatar },
+            })
+            .collect();
+        Ok(serde_json::to_value(Feed { user_id, items })?)
+    }
+
+    /// Counters from the target's `/metrics` (empty when it has none).
+    pub async fn service_counters(&self) -> BTreeMap<String, f64> {
+        let Ok(reply) = self.api.send(self.api.get("/metrics")).await else { return BTreeMap::new() };
+        let mut counters = BTreeMap::new();
+        for line in reply.text().lines().filter(|l| !l.starts_with('#')) {
+            if let Some((name, value)) = line.rsplit_once(' ') {
+                let name = name.split('{').next().unwrap_or(name);
+                if let Ok(value) = value.parse::<f64>() {
+                    *counters.entry(name.to_owned()).or_default() += value;
+                }
+            }
+        }
+        counters
+    }
+}
+
+/// Response JSON with timestamps normalised (`+00:00` and `Z` are the same instant), so an
+/// implementation in another language is compared on content, not on formatting.
+pub fn normalise(mut feed: Value) -> Value {
+    if let Some(items) = feed.get_mut("items").and_then(Value::as_array_mut) {
+        for item in items {
+            if let Some(at) = item.get_mut("created_at") {
+                if let Some(parsed) = at.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+                    *at = Value::String(parsed.with_timezone(&chrono::Utc).to_rfc3339());
+                }
+            }
+        }
+    }
+    feed
+}
+
+/// "first ids 5, 4, 3" — enough of a feed to see where two differ.
+pub fn describe(feed: &Value) -> String {
+    let ids: Vec<String> = feed
+        .get("items")
+        .and_then(Value::as_array)
+        .map(|items| items.iter().take(5).map(|i| i.get("id").map_or("?".into(), |v| v.to_string())).collect())
+        .unwrap_or_default();
+    let n = feed.get("items").and_then(Value::as_array).map_or(0, Vec::len);
+    format!("{n} items, first ids [{}]", ids.join(", "))
+}
+
+/// The median and 99th percentile of latencies in ms.
+pub fn percentiles(mut ms: Vec<f64>) -> (f64, f64) {
+    if ms.is_empty() {
+        return (0.0, 0.0);
+    }
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
+    (at(0.5), at(0.99))
+}

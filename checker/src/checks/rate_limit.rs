@@ -1,0 +1,258 @@
+//! Stage-3's bar: one user's burst is cut to their bucket, exactly, however it arrives.
+
+use std::time::{Duration, Instant};
+
+use feed_core::auth::Tier;
+use futures::StreamExt as _;
+use serde_json::json;
+
+use super::Run;
+use crate::client::{Api, Reply};
+use crate::report::{Check, Report};
+
+const DOC: &str = "docs/stage-3.md";
+const BURST: usize = 1000;
+const CONNECTIONS: usize = 50;
+
+/// The reference tiers (docs/stage-3.md): bucket size and refill per second.
+const FREE: (f64, f64) = (60.0, 1.0);
+const PRO: (f64, f64) = (100.0, 10.0);
+
+/// What a burst produced.
+struct Burst {
+    admitted: usize,
+    limited: usize,
+    other: Vec<u16>,
+    duration: Duration,
+    /// Every 429 carried a whole-seconds `Retry-After` ≥ 1.
+    retry_after_valid: bool,
+    last_retry_after: Option<u64>,
+    /// Every 429 said `r=0` in its `RateLimit` header.
+    limited_say_zero: bool,
+}
+
+impl Burst {
+    /// At most the bucket plus what refilled while the burst ran (from the measured duration),
+    /// and at least the bucket.
+    fn bounds(&self, (capacity, per_sec): (f64, f64)) -> (usize, usize) {
+        (capacity as usize, (capacity + (self.duration.as_secs_f64() * per_sec).floor()) as usize)
+    }
+
+    fn within(&self, tier: (f64, f64)) -> bool {
+        let (low, high) = self.bounds(tier);
+        (low..=high).contains(&self.admitted) && self.other.is_empty()
+    }
+
+    fn describe(&self, tier: (f64, f64)) -> String {
+        let (low, high) = self.bounds(tier);
+        format!(
+            "{} admitted, {} limited of {} in {:.2} s (expected {low}..={high}: bucket {} + refill {:.1}/s × {:.2} s){}",
+            self.admitted,
+            self.limited,
+            self.admitted + self.limited + self.other.len(),
+            self.duration.as_secs_f64(),
+            tier.0,
+            tier.1,
+            self.duration.as_secs_f64(),
+            if self.other.is_empty() {
+                String::new()
+            } else {
+                format!("; other statuses: {:?}", &self.other[..self.other.len().min(5)])
+            }
+        )
+    }
+}
+
+/// Send `total` feed requests for `token`, `CONNECTIONS` at a time, spread over `apis`.
+async fn burst(apis: &[&Api], token: &str, total: usize, spoof: bool) -> Burst {
+    let started = Instant::now();
+    let replies: Vec<Option<Reply>> = futures::stream::iter(0..total)
+        .map(|i| async move {
+            let api = apis[i % apis.len()];
+            let mut request = api.get("/api/feed").bearer_auth(token);
+            if spoof {
+                // A different client address on every request: it must not buy a new bucket.
+                let ip = format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256);
+                request = request
+                    .header("x-forwarded-for", &ip)
+                    .header("x-real-ip", &ip)
+                    .header("forwarded", format!("for={ip}"));
+            }
+            api.send(request).await.ok()
+        })
+        .buffer_unordered(CONNECTIONS)
+        .collect()
+        .await;
+    let duration = started.elapsed();
+    let mut result = Burst {
+        admitted: 0,
+        limited: 0,
+        other: Vec::new(),
+        duration,
+        retry_after_valid: true,
+        last_retry_after: None,
+        limited_say_zero: true,
+    };
+    for reply in replies {
+        match reply {
+            Some(r) if r.status == 200 => result.admitted += 1,
+            Some(r) if r.status == 429 => {
+                result.limited += 1;
+                let retry: Option<u64> = r.header("retry-after").and_then(|v| v.parse().ok());
+                result.retry_after_valid &= retry.is_some_and(|s| s >= 1) && r.is_problem_json();
+                result.last_retry_after = retry.or(result.last_retry_after);
+                result.limited_say_zero &= r.header("ratelimit").is_some_and(|v| v.contains("r=0"));
+            }
+            Some(r) => result.other.push(r.status),
+            None => result.other.push(0),
+        }
+    }
+    result
+}
+
+pub async fn run(run: &mut Run<'_>, report: &mut Report) {
+    let checks = [
+        single_user_burst(run, report).await.unwrap_or_else(|e| Check::errored("ratelimit.burst", &e)),
+        two_instances(run, report).await,
+        isolation(run, report).await.unwrap_or_else(|e| Check::errored("ratelimit.isolation", &e)),
+        spoofed_headers(run, report).await,
+        headers(run).await.unwrap_or_else(|e| Check::errored("ratelimit.headers", &e)),
+    ];
+    for check in checks {
+        report.push(check);
+    }
+}
+
+fn free_token(run: &Run<'_>, index: usize) -> String {
+    run.env.token(run.users.full(200 + index, 1)[0], Tier::Free)
+}
+
+async fn single_user_burst(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    let token = free_token(run, 0);
+    let result = burst(&[&run.api], &token, BURST, false).await;
+    report.metric("burst_admitted", result.admitted);
+    report.metric("burst_limited", result.limited);
+    report.metric("burst_expected_admitted_max", result.bounds(FREE).1);
+    // Waiting as long as Retry-After said must be enough for the next request.
+    let wait = result.last_retry_after.unwrap_or(1);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let after_wait = run.api.feed(&token, "").await?.status;
+    let passed = result.within(FREE)
+        && result.limited > 0
+        && result.retry_after_valid
+        && result.limited_say_zero
+        && after_wait == 200;
+    let summary = if result.limited == 0 {
+        format!(
+            "no rate limit: all {} requests of one free-tier user's burst were served (expected {}..={})",
+            result.admitted,
+            result.bounds(FREE).0,
+            result.bounds(FREE).1
+        )
+    } else {
+        format!(
+            "{}; every 429 had Retry-After ≥ 1: {}; after waiting {wait} s: {after_wait}",
+            result.describe(FREE),
+            if result.retry_after_valid { "yes" } else { "no" }
+        )
+    };
+    Ok(Check::new(
+        "ratelimit.burst",
+        passed,
+        json!({ "admitted": result.admitted, "limited": result.limited, "retry_after_valid": result.retry_after_valid, "status_after_retry_after": after_wait }),
+        json!({ "admitted": format!("{}..={}", result.bounds(FREE).0, result.bounds(FREE).1), "retry_after_valid": true, "status_after_retry_after": 200 }),
+        summary,
+    )
+    .on_failure(
+        "a token bucket per user id in Redis, updated atomically (one Lua script): 60 tokens, 1 per second; 429 + Retry-After when empty",
+        "docs/stage-3.md#the-token-bucket",
+    ))
+}
+
+async fn two_instances(run: &Run<'_>, report: &mut Report) -> Check {
+    const NAME: &str = "ratelimit.two_instances";
+    let Some(second) = &run.second else {
+        return Check::skipped(NAME, "needs a second instance: pass --url twice, both sharing the checker's Redis");
+    };
+    let result = burst(&[&run.api, second], &free_token(run, 1), BURST, false).await;
+    report.metric("two_instance_admitted", result.admitted);
+    Check::new(
+        NAME,
+        result.within(FREE),
+        result.admitted,
+        format!("{}..={}", result.bounds(FREE).0, result.bounds(FREE).1),
+        format!("burst split across two instances sharing Redis: {}", result.describe(FREE)),
+    )
+    .on_failure("the bucket must live in Redis, not in process memory, so every instance charges the same one", DOC)
+}
+
+async fn isolation(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    // A fresh free user right after someone else's burst, and a pro user's own burst.
+    let abuser = free_token(run, 2);
+    let _ = burst(&[&run.api], &abuser, 200, false).await;
+    let bystander = run.api.feed(&free_token(run, 3), "").await?;
+    let pro = burst(&[&run.api], &run.env.token(run.users.full(204, 1)[0], Tier::Pro), 400, false).await;
+    report.metric("pro_burst_admitted", pro.admitted);
+    let passed = bystander.status == 200 && pro.within(PRO);
+    Ok(Check::new(
+        "ratelimit.isolation",
+        passed,
+        json!({ "bystander_status": bystander.status, "pro_admitted": pro.admitted }),
+        json!({ "bystander_status": 200, "pro_admitted": format!("{}..={}", pro.bounds(PRO).0, pro.bounds(PRO).1) }),
+        format!(
+            "another free user after a burst: {}; a pro user's burst of 400: {}",
+            bystander.status,
+            pro.describe(PRO)
+        ),
+    )
+    .on_failure(
+        "one bucket per user id, sized by the tier in the token: free 60, pro 100 (600/min)",
+        "docs/stage-3.md#tiers",
+    ))
+}
+
+async fn spoofed_headers(run: &Run<'_>, report: &mut Report) -> Check {
+    let result = burst(&[&run.api], &free_token(run, 5), BURST, true).await;
+    report.metric("spoofed_burst_admitted", result.admitted);
+    Check::new(
+        "ratelimit.spoofed_headers",
+        result.within(FREE),
+        result.admitted,
+        format!("{}..={}", result.bounds(FREE).0, result.bounds(FREE).1),
+        format!("a new X-Forwarded-For / X-Real-IP on every request: {}", result.describe(FREE)),
+    )
+    .on_failure(
+        "key the bucket by the verified token's user id; never by an address or a header the client sends",
+        "docs/stage-3.md#per-user-not-per-ip",
+    )
+}
+
+/// `RateLimit-Policy` and `RateLimit` on admitted responses, counting down one per request.
+async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
+    let token = free_token(run, 6);
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let reply = run.api.feed(&token, "").await?;
+        seen.push((reply.header("ratelimit-policy").map(str::to_owned), reply.header("ratelimit").map(str::to_owned)));
+    }
+    let remaining: Vec<Option<u64>> = seen
+        .iter()
+        .map(|(_, state)| {
+            state.as_deref().and_then(|s| s.split(';').find_map(|p| p.trim().strip_prefix("r=")?.parse().ok()))
+        })
+        .collect();
+    let policy_ok =
+        seen.iter().all(|(policy, _)| policy.as_deref().is_some_and(|p| p.contains("q=60") && p.contains("w=60")));
+    let counts_down = remaining.iter().all(Option::is_some)
+        && remaining.windows(2).all(|w| w[1].unwrap_or(0) + 1 == w[0].unwrap_or(0));
+    let first_is_59 = remaining.first() == Some(&Some(59));
+    Ok(Check::new(
+        "ratelimit.headers",
+        policy_ok && counts_down && first_is_59,
+        json!({ "remaining": remaining, "policy": seen.first().and_then(|s| s.0.clone()) }),
+        json!({ "remaining": [59, 58, 57, 56, 55], "policy": "\"free\";q=60;w=60" }),
+        format!("RateLimit-Policy {} and RateLimit remaining {:?} over 5 requests", seen.first().and_then(|s| s.0.clone()).unwrap_or_else(|| "missing".into()), remaining.iter().map(|r| r.map_or(-1, |v| v as i64)).collect::<Vec<_>>()),
+    )
+    .evidence(seen.iter().map(|(p, s)| format!("RateLimit-Policy: {p:?}  RateLimit: {s:?}")).collect::<Vec<_>>().join("\n"))
+    .on_failure("send RateLimit-Policy: \"free\";q=60;w=60 and RateLimit: \"free\";r=<tokens left>;t=<seconds to full> on every response", "docs/stage-3.md#headers"))
+}
