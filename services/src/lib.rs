@@ -95,6 +95,11 @@ impl Services {
         self.redis.as_mut()
     }
 
+    /// The PostgreSQL server started here, if any.
+    pub fn owned_postgres(&mut self) -> Option<&mut Postgres> {
+        self.postgres.as_mut()
+    }
+
     /// True when Postgres was started here (and so is ours to reseed and measure freely).
     pub fn owns_postgres(&self) -> bool {
         self.postgres.is_some()

@@ -106,12 +106,19 @@ impl Postgres {
     }
 }
 
-impl Drop for Postgres {
-    fn drop(&mut self) {
+impl Postgres {
+    /// Stop the server at once (tests use it to prove the service answers 503, not hangs).
+    pub fn stop(&mut self) {
         // SIGQUIT = immediate shutdown: backends exit at once and shared memory is released.
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -1,0 +1,132 @@
+//! The checker against the reference stages, on throwaway PostgreSQL and Redis.
+//!
+//! Each test starts its own services (a fresh cluster costs about half a second), so tests never
+//! share a pg_stat_statements view or a Redis keyspace. Numbers that are exact in the lesson are
+//! asserted exactly; what a learner reads is snapshotted with timings and ids redacted.
+
+use checker::{EnvOptions, KataEnv, Report, StageId, Target};
+
+async fn env() -> KataEnv {
+    // `honour_env: false`: a developer's DATABASE_URL must never be reseeded by the tests.
+    KataEnv::start(EnvOptions { honour_env: false, ..EnvOptions::default() }).await.expect("services start")
+}
+
+async fn verify(bar: StageId, target: StageId) -> Report {
+    let mut env = env().await;
+    checker::checks::verify(&mut env, bar, Target::Stage(target)).await.expect("verify runs")
+}
+
+fn metric(report: &Report, name: &str) -> f64 {
+    report.metrics.get(name).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// The report as a learner reads it, minus what changes from run to run.
+macro_rules! assert_report_snapshot {
+    ($name:expr, $report:expr) => {
+        insta::with_settings!({
+            filters => vec![
+                (r"db_round_trip_ms=[\d.]+", "db_round_trip_ms=[rtt]"),
+                (r"TTLs \d+\.\.\d+ s \(window \d+\.\.\d+ s\), spread \d+ s across keys written within \d+ s", "TTLs [ttl-window]"),
+                (r"(?m)^(  (burst|two_instance|spoofed_burst|pro_burst)_[a-z_]+) +\d+$", "$1 [n]"),
+                (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
+                (r"(?m)^(\s+\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
+                (r"\d+(\.\d+)? ms", "[n] ms"),
+                (r"actual time=[\d.]+\.\.[\d.]+", "actual time=[t]"),
+                (r"(?m)^(\s*)Buffers: .*$", "${1}Buffers: [buffers]"),
+                (r"(?m)^(\s*)Planning:\n\s*Buffers: \[buffers\]\n", ""),
+                (r"(in|×) [\d.]+ s", "$1 [s] s"),
+                (r"\d+ admitted, \d+ limited", "[n] admitted, [n] limited"),
+                (r"expected (\d+)\.\.=\d+", "expected $1..=[max]"),
+                (r"after \d+ attempt\(s\)", "after [n] attempt(s)"),
+            ],
+        }, {
+            insta::assert_snapshot!($name, $report.to_text());
+        });
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_0_makes_21_statements_per_feed_request() {
+    let report = verify(StageId::Stage0, StageId::Stage0).await;
+    assert!(report.passed, "{}", report.to_text());
+    assert_eq!(metric(&report, "queries_per_request"), 21.0);
+    assert_report_snapshot!("stage_0_report", report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_1_makes_one_statement_using_the_timeline_index() {
+    let report = verify(StageId::Stage1, StageId::Stage1).await;
+    assert!(report.passed, "{}", report.to_text());
+    assert_eq!(metric(&report, "queries_per_request"), 1.0);
+    let plan = report.checks.iter().find(|c| c.name == "plan.uses_timeline_index").expect("plan check ran");
+    insta::assert_yaml_snapshot!("stage_1_plan_shape", plan.measured["shape"]);
+    assert_report_snapshot!("stage_1_report", report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_1_bar_fails_stage_0_and_names_the_n_plus_one() {
+    let report = verify(StageId::Stage1, StageId::Stage0).await;
+    assert!(!report.passed);
+    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, ["queries_per_request"]);
+    let check = report.failed().next().unwrap();
+    assert_eq!(
+        check.summary,
+        "expected 1, measured 21 — N+1: 20 × select id, name, avatar from users where id = $1 per request"
+    );
+    assert_eq!(check.doc.as_deref(), Some("docs/stage-1.md#the-fix-one-statement"));
+    assert_report_snapshot!("stage_1_bar_on_stage_0", report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
+    let report = verify(StageId::Stage2, StageId::Stage2).await;
+    assert!(report.passed, "{}", report.to_text());
+    assert_eq!(metric(&report, "queries_per_request"), 1.0);
+    assert!(metric(&report, "hit_ratio") >= 0.95);
+    assert_eq!(metric(&report, "stampede_statements"), 1.0);
+    let warm = report.checks.iter().find(|c| c.name == "cache.warm_read_statements").unwrap();
+    assert_eq!(warm.measured, 0);
+    assert_report_snapshot!("stage_2_report", report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
+    let report = verify(StageId::Stage2, StageId::Stage1).await;
+    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        failed,
+        ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede", "redis_down"]
+    );
+    assert_report_snapshot!("stage_2_bar_on_stage_1", report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_3_admits_one_bucket_per_user_however_the_burst_arrives() {
+    let report = verify(StageId::Stage3, StageId::Stage3).await;
+    assert!(report.passed, "{}", report.to_text());
+    let most = metric(&report, "burst_expected_admitted_max");
+    for burst in ["burst_admitted", "two_instance_admitted", "spoofed_burst_admitted"] {
+        let admitted = metric(&report, burst);
+        assert!((60.0..=most.max(60.0) + 1.0).contains(&admitted), "{burst}: {admitted} admitted");
+    }
+    assert_eq!(metric(&report, "burst_admitted") + metric(&report, "burst_limited"), 1000.0);
+    assert_report_snapshot!("stage_3_report", report);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stage_3_bar_fails_stage_2_on_the_rate_limit_checks_only() {
+    let report = verify(StageId::Stage3, StageId::Stage2).await;
+    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        failed,
+        [
+            "ratelimit.burst",
+            "ratelimit.two_instances",
+            "ratelimit.isolation",
+            "ratelimit.spoofed_headers",
+            "ratelimit.headers"
+        ]
+    );
+    assert_eq!(metric(&report, "burst_admitted"), 1000.0);
+}
