@@ -88,41 +88,6 @@ fn walk(plan: &Value, depth: usize, out: &mut Vec<PlanNode>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parameters_counts_the_highest_placeholder() {
-        assert_eq!(parameters("select 1 from posts where user_id = $1 order by x limit $2"), 2);
-        assert_eq!(parameters("select id from users where id = $1"), 1);
-        assert_eq!(parameters("select 1"), 0);
-    }
-
-    #[test]
-    fn shape_keeps_node_types_indexes_and_relations_only() {
-        let plan = serde_json::json!([{ "Plan": {
-            "Node Type": "Limit", "Total Cost": 9.5,
-            "Plans": [{ "Node Type": "Nested Loop", "Join Type": "Left", "Plans": [
-                { "Node Type": "Index Scan", "Index Name": "idx_posts_user_created", "Relation Name": "posts", "Actual Rows": 20 },
-                { "Node Type": "Index Scan", "Index Name": "users_pkey", "Relation Name": "users" }
-            ]}]
-        }, "Execution Time": 0.25 }]);
-        let (nodes, ms) = shape(&plan);
-        let lines: Vec<String> = nodes.iter().map(PlanNode::line).collect();
-        assert_eq!(
-            lines,
-            [
-                "Limit",
-                "  Nested Loop (Left)",
-                "    Index Scan using idx_posts_user_created on posts",
-                "    Index Scan using users_pkey on users"
-            ]
-        );
-        assert_eq!(ms, 0.25);
-    }
-}
-
 /// `checker explain`: drive a burst of feed requests through `stage`, then show what an engineer
 /// would look at: the top statements by calls, and the plan of each.
 pub async fn on_demand(env: &crate::KataEnv, stage: crate::StageId, user: Option<i64>) -> anyhow::Result<String> {
@@ -160,4 +125,39 @@ pub async fn on_demand(env: &crate::KataEnv, stage: crate::StageId, user: Option
         out.push_str(&format!("\nEXPLAIN (ANALYZE, BUFFERS) {}\n{}\n", statement.snippet(80), plan.join("\n")));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_counts_the_highest_placeholder() {
+        assert_eq!(parameters("select 1 from posts where user_id = $1 order by x limit $2"), 2);
+        assert_eq!(parameters("select id from users where id = $1"), 1);
+        assert_eq!(parameters("select 1"), 0);
+    }
+
+    #[test]
+    fn shape_keeps_node_types_indexes_and_relations_only() {
+        let plan = serde_json::json!([{ "Plan": {
+            "Node Type": "Limit", "Total Cost": 9.5,
+            "Plans": [{ "Node Type": "Nested Loop", "Join Type": "Left", "Plans": [
+                { "Node Type": "Index Scan", "Index Name": "idx_posts_user_created", "Relation Name": "posts", "Actual Rows": 20 },
+                { "Node Type": "Index Scan", "Index Name": "users_pkey", "Relation Name": "users" }
+            ]}]
+        }, "Execution Time": 0.25 }]);
+        let (nodes, ms) = shape(&plan);
+        let lines: Vec<String> = nodes.iter().map(PlanNode::line).collect();
+        assert_eq!(
+            lines,
+            [
+                "Limit",
+                "  Nested Loop (Left)",
+                "    Index Scan using idx_posts_user_created on posts",
+                "    Index Scan using users_pkey on users"
+            ]
+        );
+        assert_eq!(ms, 0.25);
+    }
 }

@@ -281,10 +281,8 @@ pub async fn redis_down(run: &mut Run<'_>, report: &mut Report) {
         ))
     }
     .await;
-    if let Some(redis) = run.env.services.owned_redis() {
-        if !redis.is_running() {
-            let _ = redis.restart().await;
-        }
+    if let Some(redis) = run.env.services.owned_redis().filter(|r| !r.is_running()) {
+        let _ = redis.restart().await;
     }
     report.push(result.unwrap_or_else(|e| Check::errored(NAME, &e)));
 }

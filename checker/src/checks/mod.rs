@@ -172,10 +172,10 @@ impl Run<'_> {
 pub fn normalise(mut feed: Value) -> Value {
     if let Some(items) = feed.get_mut("items").and_then(Value::as_array_mut) {
         for item in items {
-            if let Some(at) = item.get_mut("created_at") {
-                if let Some(parsed) = at.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
-                    *at = Value::String(parsed.with_timezone(&chrono::Utc).to_rfc3339());
-                }
+            if let Some(at) = item.get_mut("created_at")
+                && let Some(parsed) = at.as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+            {
+                *at = Value::String(parsed.with_timezone(&chrono::Utc).to_rfc3339());
             }
         }
     }
