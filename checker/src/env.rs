@@ -68,9 +68,9 @@ impl KataEnv {
         }
     }
 
-    /// Serve a reference stage on a free port in this process.
-    pub async fn spawn(&self, stage: crate::StageId) -> anyhow::Result<RunningApp> {
-        self.spawn_with(|ctx| stage.build(ctx)).await
+    /// Serve a reference stage or the workbench on a free port in this process.
+    pub async fn spawn(&self, implementation: crate::Implementation) -> anyhow::Result<RunningApp> {
+        self.spawn_with(|ctx| implementation.build(ctx)).await
     }
 
     /// Serve any stage built from the context (tests use this to change a stage's settings).

@@ -90,7 +90,11 @@ fn walk(plan: &Value, depth: usize, out: &mut Vec<PlanNode>) {
 
 /// `checker explain`: drive a burst of feed requests through `stage`, then show what an engineer
 /// would look at: the top statements by calls, and the plan of each.
-pub async fn on_demand(env: &crate::KataEnv, stage: crate::StageId, user: Option<i64>) -> anyhow::Result<String> {
+pub async fn on_demand(
+    env: &crate::KataEnv,
+    stage: crate::Implementation,
+    user: Option<i64>,
+) -> anyhow::Result<String> {
     let users: Vec<i64> = sqlx::query_scalar(
         "select user_id from posts group by user_id having count(*) >= 20 order by user_id limit 10",
     )
@@ -110,9 +114,10 @@ pub async fn on_demand(env: &crate::KataEnv, stage: crate::StageId, user: Option
     let after = crate::pgss::snapshot(&env.admin).await?;
     let statements = crate::pgss::delta(&before, &after);
     let mut out = format!(
-        "{requests} feed requests to {stage} ({} ms latency per direction to Postgres), then:\n\n\
+        "{requests} feed requests to {} ({} ms latency per direction to Postgres), then:\n\n\
          select left(query, 80) as query_snippet, calls,\n       round(mean_exec_time::numeric, 2) as mean_ms,\n       round(total_exec_time::numeric, 0) as total_ms\n\
          from pg_stat_statements order by calls desc limit 5;   -- (delta over those requests)\n\n{}\n",
+        stage.name(),
         env.services.db_latency_ms,
         crate::pgss::table(&statements, 5)
     );

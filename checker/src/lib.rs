@@ -9,10 +9,11 @@ pub mod checks;
 pub mod client;
 pub mod env;
 pub mod explain;
+pub mod learner;
 pub mod pgss;
 pub mod report;
 pub mod target;
 
 pub use env::{EnvOptions, KataEnv, RunningApp};
 pub use report::{Check, Report};
-pub use target::{StageId, Target};
+pub use target::{Implementation, StageId, Target};

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use checker::{EnvOptions, KataEnv, StageId, Target};
+use checker::{EnvOptions, Implementation, KataEnv, StageId, Target};
 use clap::{Parser, Subcommand, ValueEnum};
 use feed_core::auth::Tier;
 use feed_core::seed::Profile;
@@ -60,9 +60,9 @@ enum Command {
     Verify {
         /// The bar: stage-0 (reproduces the N+1) … stage-3 (rate-limited).
         stage: StageId,
-        /// The reference stage to verify (default: the same as the bar).
+        /// What to verify: a reference stage or your workbench (default: the bar's reference).
         #[arg(long, value_enum, conflicts_with = "url")]
-        target: Option<StageId>,
+        target: Option<Implementation>,
         /// Verify a running implementation instead (any language), pointed at the same
         /// DATABASE_URL and REDIS_URL as the checker. Give it twice for the two-instance check.
         #[arg(long)]
@@ -78,7 +78,7 @@ enum Command {
     /// and EXPLAIN (ANALYZE, BUFFERS) of each.
     Explain {
         #[arg(long, value_enum, default_value = "stage-0")]
-        stage: StageId,
+        stage: Implementation,
         /// The user whose feed is requested and explained (default: the first full timeline).
         #[arg(long)]
         user: Option<i64>,
@@ -86,6 +86,27 @@ enum Command {
         profile: Profile,
         #[command(flatten)]
         services: ServiceArgs,
+    },
+    /// The next hint for a stage (each run reveals one more).
+    Hint {
+        stage: StageId,
+        /// Start again from the first hint.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Which bars your workbench passes, and what to read next.
+    Status {
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// Put workbench/ back to its start (stage-0). Your files are copied aside first.
+    Reset {
+        /// Only `workbench` can be reset.
+        #[arg(value_parser = ["workbench"])]
+        what: String,
+        /// Do not ask before replacing changed files.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -99,6 +120,7 @@ enum Serve {
     Stage2,
     #[value(name = "stage-3")]
     Stage3,
+    Workbench,
     None,
 }
 
@@ -149,7 +171,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Verify { stage, target, url, format, profile, services } => {
-            let target = if url.is_empty() { Target::Stage(target.unwrap_or(stage)) } else { Target::Urls(url) };
+            let target = if url.is_empty() {
+                Target::Local(target.unwrap_or(Implementation::reference(stage)))
+            } else {
+                Target::Urls(url)
+            };
             if format == Format::Text {
                 eprintln!("starting services and seeding the {} profile…", profile.name());
             }
@@ -162,12 +188,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
+        Command::Hint { stage, restart } => print!("{}", checker::learner::next_hint(stage, restart)?),
+        Command::Status { services } => {
+            eprintln!("starting services and grading workbench/ against each bar…");
+            let options =
+                EnvOptions { profile: Profile::Small, db_latency_ms: services.db_latency_ms, honour_env: true };
+            let mut env = KataEnv::start(options).await?;
+            let (table, all_pass) = checker::learner::status(&mut env).await?;
+            print!("{table}");
+            return Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Command::Reset { what: _, yes } => return reset_workbench(yes),
         Command::Explain { stage, user, profile, services } => {
             let env =
                 KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
             print!("{}", checker::explain::on_demand(&env, stage, user).await?);
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let dir = checker::learner::workbench_dir();
+    let changed = checker::learner::changed_files(&dir);
+    if changed.is_empty() {
+        println!("workbench/ is already at its start (stage-0); nothing to do.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let backup = checker::learner::backup_dir();
+    println!("These workbench files differ from the start: {}", changed.join(", "));
+    println!("They will be copied to {} before being replaced.", backup.display());
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            println!("Not replacing anything without a yes: run `checker reset workbench --yes` to confirm.");
+            return Ok(ExitCode::FAILURE);
+        }
+        print!("Replace them with stage-0? [y/N] ");
+        std::io::stdout().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if !matches!(answer.trim(), "y" | "Y" | "yes") {
+            println!("Left as it is.");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    checker::learner::reset(&dir, &backup)?;
+    println!("workbench/ is back at stage-0; your previous files are in {}.", backup.display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -183,10 +250,11 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
     println!("export DATABASE_URL_DIRECT={}   # for psql and the checker", s.database_url);
     println!("export REDIS_URL={}", s.redis_url);
     let stage = match serve {
-        Serve::Stage0 => Some(StageId::Stage0),
-        Serve::Stage1 => Some(StageId::Stage1),
-        Serve::Stage2 => Some(StageId::Stage2),
-        Serve::Stage3 => Some(StageId::Stage3),
+        Serve::Stage0 => Some(Implementation::Stage0),
+        Serve::Stage1 => Some(Implementation::Stage1),
+        Serve::Stage2 => Some(Implementation::Stage2),
+        Serve::Stage3 => Some(Implementation::Stage3),
+        Serve::Workbench => Some(Implementation::Workbench),
         Serve::None => None,
     };
     let user = 1;
@@ -198,7 +266,7 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen} (use --listen to pick another address)"))?;
-            println!("# {stage} is serving on http://{listen}; try it:");
+            println!("# {} is serving on http://{listen}; try it:", stage.name());
             Some(tokio::spawn(feed_core::serve(listener, app, std::future::pending())))
         }
         None => {

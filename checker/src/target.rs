@@ -27,16 +27,6 @@ impl StageId {
     pub fn name(self) -> &'static str {
         ["stage-0", "stage-1", "stage-2", "stage-3"][self as usize]
     }
-
-    /// Build this stage's app with its default settings.
-    pub fn build(self, ctx: feed_core::Context) -> feed_core::Stage {
-        match self {
-            Self::Stage0 => stage_0::stage(ctx),
-            Self::Stage1 => stage_1::stage(ctx),
-            Self::Stage2 => stage_2::stage(ctx, stage_2::CacheConfig::default()),
-            Self::Stage3 => stage_3::stage(ctx, stage_2::CacheConfig::default(), stage_3::RateLimitConfig::default()),
-        }
-    }
 }
 
 impl std::fmt::Display for StageId {
@@ -45,11 +35,52 @@ impl std::fmt::Display for StageId {
     }
 }
 
+/// An implementation the checker can start in-process: a reference stage, or your workbench.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Implementation {
+    #[value(name = "stage-0")]
+    #[serde(rename = "stage-0")]
+    Stage0,
+    #[value(name = "stage-1")]
+    #[serde(rename = "stage-1")]
+    Stage1,
+    #[value(name = "stage-2")]
+    #[serde(rename = "stage-2")]
+    Stage2,
+    #[value(name = "stage-3")]
+    #[serde(rename = "stage-3")]
+    Stage3,
+    /// `workbench/`: your own fix.
+    Workbench,
+}
+
+impl Implementation {
+    pub fn name(self) -> &'static str {
+        ["stage-0", "stage-1", "stage-2", "stage-3", "workbench"][self as usize]
+    }
+
+    /// The reference implementation of a bar.
+    pub fn reference(stage: StageId) -> Self {
+        [Self::Stage0, Self::Stage1, Self::Stage2, Self::Stage3][stage as usize]
+    }
+
+    /// Build the app with its default settings.
+    pub fn build(self, ctx: feed_core::Context) -> feed_core::Stage {
+        match self {
+            Self::Stage0 => stage_0::stage(ctx),
+            Self::Stage1 => stage_1::stage(ctx),
+            Self::Stage2 => stage_2::stage(ctx, stage_2::CacheConfig::default()),
+            Self::Stage3 => stage_3::stage(ctx, stage_2::CacheConfig::default(), stage_3::RateLimitConfig::default()),
+            Self::Workbench => workbench::stage(ctx),
+        }
+    }
+}
+
 /// The implementation under test.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A reference stage, started in this process against the checker's services.
-    Stage(StageId),
+    /// Started in this process against the checker's services.
+    Local(Implementation),
     /// Running implementations (any language) at these base URLs, sharing the checker's
     /// `DATABASE_URL` and `REDIS_URL`. A second URL enables the two-instance rate-limit check.
     Urls(Vec<String>),
@@ -58,7 +89,7 @@ pub enum Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Stage(stage) => write!(f, "{stage}"),
+            Self::Local(implementation) => f.write_str(implementation.name()),
             Self::Urls(urls) => f.write_str(&urls.join(",")),
         }
     }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use checker::client::Api;
-use checker::{EnvOptions, KataEnv, StageId};
+use checker::{EnvOptions, Implementation, KataEnv};
 use feed_core::auth::Tier;
 use feed_core::seed::{DEFAULT_SEED, Profile};
 use futures::StreamExt as _;
@@ -16,7 +16,8 @@ async fn env() -> KataEnv {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_1_answers_byte_for_byte_what_stage_0_answers_for_every_user() {
     let env = env().await;
-    let (zero, one) = (env.spawn(StageId::Stage0).await.unwrap(), env.spawn(StageId::Stage1).await.unwrap());
+    let (zero, one) =
+        (env.spawn(Implementation::Stage0).await.unwrap(), env.spawn(Implementation::Stage1).await.unwrap());
     let (zero, one) = (Api::new(&zero.base_url), Api::new(&one.base_url));
     let users = 1..=Profile::Small.users();
     let differing: Vec<i64> = futures::stream::iter(users.clone())
@@ -61,7 +62,7 @@ async fn seeded_timelines_have_created_at_ties_and_reseeding_is_a_no_op() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_database_gives_503_problem_json_not_a_hang() {
     let mut env = env().await;
-    let app = env.spawn(StageId::Stage1).await.unwrap();
+    let app = env.spawn(Implementation::Stage1).await.unwrap();
     let api = Api::new(&app.base_url);
     let token = env.token(5, Tier::Free);
     assert_eq!(api.feed(&token, "").await.unwrap().status, 200);
@@ -103,7 +104,7 @@ async fn fail_closed_limiter_answers_503_while_redis_is_down_and_exempts_interna
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ready_and_metrics_are_not_rate_limited_and_metrics_count_decisions() {
     let env = env().await;
-    let app = env.spawn(StageId::Stage3).await.unwrap();
+    let app = env.spawn(Implementation::Stage3).await.unwrap();
     let api = Api::new(&app.base_url);
     let token = env.token(9, Tier::Free);
     for _ in 0..70 {

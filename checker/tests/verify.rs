@@ -4,16 +4,16 @@
 //! share a pg_stat_statements view or a Redis keyspace. Numbers that are exact in the lesson are
 //! asserted exactly; what a learner reads is snapshotted with timings and ids redacted.
 
-use checker::{EnvOptions, KataEnv, Report, StageId, Target};
+use checker::{EnvOptions, Implementation, KataEnv, Report, StageId, Target};
 
 async fn env() -> KataEnv {
     // `honour_env: false`: a developer's DATABASE_URL must never be reseeded by the tests.
     KataEnv::start(EnvOptions { honour_env: false, ..EnvOptions::default() }).await.expect("services start")
 }
 
-async fn verify(bar: StageId, target: StageId) -> Report {
+async fn verify(bar: StageId, target: Implementation) -> Report {
     let mut env = env().await;
-    checker::checks::verify(&mut env, bar, Target::Stage(target)).await.expect("verify runs")
+    checker::checks::verify(&mut env, bar, Target::Local(target)).await.expect("verify runs")
 }
 
 fn metric(report: &Report, name: &str) -> f64 {
@@ -29,7 +29,7 @@ macro_rules! assert_report_snapshot {
                 (r"TTLs \d+\.\.\d+ s \(window \d+\.\.\d+ s\), spread \d+ s across keys written within \d+ s", "TTLs [ttl-window]"),
                 (r"(?m)^(  (burst|two_instance|spoofed_burst|pro_burst)_[a-z_]+) +\d+$", "$1 [n]"),
                 (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
-                (r"(?m)^(\s+\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
+                (r"(?m)^(\s+(?:\| +)?\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
                 (r"\d+(\.\d+)? ms", "[n] ms"),
                 (r"actual time=[\d.]+\.\.[\d.]+", "actual time=[t]"),
                 (r"(?m)^(\s*)Buffers: .*$", "${1}Buffers: [buffers]"),
@@ -47,7 +47,7 @@ macro_rules! assert_report_snapshot {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_0_makes_21_statements_per_feed_request() {
-    let report = verify(StageId::Stage0, StageId::Stage0).await;
+    let report = verify(StageId::Stage0, Implementation::Stage0).await;
     assert!(report.passed, "{}", report.to_text());
     assert_eq!(metric(&report, "queries_per_request"), 21.0);
     assert_report_snapshot!("stage_0_report", report);
@@ -55,7 +55,7 @@ async fn stage_0_makes_21_statements_per_feed_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_1_makes_one_statement_using_the_timeline_index() {
-    let report = verify(StageId::Stage1, StageId::Stage1).await;
+    let report = verify(StageId::Stage1, Implementation::Stage1).await;
     assert!(report.passed, "{}", report.to_text());
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     let plan = report.checks.iter().find(|c| c.name == "plan.uses_timeline_index").expect("plan check ran");
@@ -65,7 +65,7 @@ async fn stage_1_makes_one_statement_using_the_timeline_index() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_1_bar_fails_stage_0_and_names_the_n_plus_one() {
-    let report = verify(StageId::Stage1, StageId::Stage0).await;
+    let report = verify(StageId::Stage1, Implementation::Stage0).await;
     assert!(!report.passed);
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
     assert_eq!(failed, ["queries_per_request"]);
@@ -80,7 +80,7 @@ async fn stage_1_bar_fails_stage_0_and_names_the_n_plus_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
-    let report = verify(StageId::Stage2, StageId::Stage2).await;
+    let report = verify(StageId::Stage2, Implementation::Stage2).await;
     assert!(report.passed, "{}", report.to_text());
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     assert!(metric(&report, "hit_ratio") >= 0.95);
@@ -92,7 +92,7 @@ async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
-    let report = verify(StageId::Stage2, StageId::Stage1).await;
+    let report = verify(StageId::Stage2, Implementation::Stage1).await;
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
     assert_eq!(
         failed,
@@ -103,7 +103,7 @@ async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_3_admits_one_bucket_per_user_however_the_burst_arrives() {
-    let report = verify(StageId::Stage3, StageId::Stage3).await;
+    let report = verify(StageId::Stage3, Implementation::Stage3).await;
     assert!(report.passed, "{}", report.to_text());
     let most = metric(&report, "burst_expected_admitted_max");
     for burst in ["burst_admitted", "two_instance_admitted", "spoofed_burst_admitted"] {
@@ -116,7 +116,7 @@ async fn stage_3_admits_one_bucket_per_user_however_the_burst_arrives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_3_bar_fails_stage_2_on_the_rate_limit_checks_only() {
-    let report = verify(StageId::Stage3, StageId::Stage2).await;
+    let report = verify(StageId::Stage3, Implementation::Stage2).await;
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
     assert_eq!(
         failed,
@@ -129,4 +129,17 @@ async fn stage_3_bar_fails_stage_2_on_the_rate_limit_checks_only() {
         ]
     );
     assert_eq!(metric(&report, "burst_admitted"), 1000.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_implementation_is_graded_by_url_alone() {
+    // Served like an external process would be: the checker only knows its URL.
+    let mut env = env().await;
+    let external = env.spawn(Implementation::Stage2).await.unwrap();
+    let target = Target::Urls(vec![external.base_url.clone()]);
+    let report = checker::checks::verify(&mut env, StageId::Stage2, target).await.unwrap();
+    assert!(report.passed, "{}", report.to_text());
+    assert_eq!(report.target, external.base_url);
+    assert_eq!(metric(&report, "queries_per_request"), 1.0);
+    assert_eq!(metric(&report, "stampede_statements"), 1.0);
 }

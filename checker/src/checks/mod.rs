@@ -79,7 +79,7 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
     env.flush_redis().await?;
     let mut apps = Vec::new();
     let (api, second) = match &target {
-        Target::Stage(stage) => {
+        Target::Local(stage) => {
             let first = env.spawn(*stage).await?;
             let api = Api::new(&first.base_url);
             apps.push(first);
