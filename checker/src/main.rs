@@ -258,7 +258,8 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
         Serve::None => None,
     };
     let user = 1;
-    let token = env.token(user, Tier::Free);
+    // Valid for a working day, so the printed curl keeps working while you do.
+    let token = env.keys.mint(user, Tier::Free, std::time::Duration::from_secs(24 * 3600));
     let _server = match stage {
         Some(stage) => {
             let ctx = feed_core::Context::connect(feed_core::Config { listen, ..env.app_config() }).await?;

@@ -3,16 +3,16 @@
 /// The reference stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
 pub enum StageId {
-    #[value(name = "stage-0")]
+    #[value(name = "stage-0", alias = "0")]
     #[serde(rename = "stage-0")]
     Stage0,
-    #[value(name = "stage-1")]
+    #[value(name = "stage-1", alias = "1")]
     #[serde(rename = "stage-1")]
     Stage1,
-    #[value(name = "stage-2")]
+    #[value(name = "stage-2", alias = "2")]
     #[serde(rename = "stage-2")]
     Stage2,
-    #[value(name = "stage-3")]
+    #[value(name = "stage-3", alias = "3")]
     #[serde(rename = "stage-3")]
     Stage3,
 }
@@ -38,16 +38,16 @@ impl std::fmt::Display for StageId {
 /// An implementation the checker can start in-process: a reference stage, or your workbench.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Implementation {
-    #[value(name = "stage-0")]
+    #[value(name = "stage-0", alias = "0")]
     #[serde(rename = "stage-0")]
     Stage0,
-    #[value(name = "stage-1")]
+    #[value(name = "stage-1", alias = "1")]
     #[serde(rename = "stage-1")]
     Stage1,
-    #[value(name = "stage-2")]
+    #[value(name = "stage-2", alias = "2")]
     #[serde(rename = "stage-2")]
     Stage2,
-    #[value(name = "stage-3")]
+    #[value(name = "stage-3", alias = "3")]
     #[serde(rename = "stage-3")]
     Stage3,
     /// `workbench/`: your own fix.

@@ -30,6 +30,7 @@ macro_rules! assert_report_snapshot {
                 (r"(?m)^(  (burst|two_instance|spoofed_burst|pro_burst)_[a-z_]+) +\d+$", "$1 [n]"),
                 (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
                 (r"(?m)^(\s+(?:\| +)?\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
+                (r"p(50|99) [\d.]+ → [\d.]+ ms", "p$1 [a] → [b] ms"),
                 (r"\d+(\.\d+)? ms", "[n] ms"),
                 (r"actual time=[\d.]+\.\.[\d.]+", "actual time=[t]"),
                 (r"(?m)^(\s*)Buffers: .*$", "${1}Buffers: [buffers]"),

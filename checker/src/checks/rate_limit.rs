@@ -121,6 +121,43 @@ pub async fn run(run: &mut Run<'_>, report: &mut Report) {
     for check in checks {
         report.push(check);
     }
+    if let Err(e) = limiter_cost(run, report).await {
+        report.diagnosis.push(format!("limiter cost not measured: {e:#}"));
+    }
+}
+
+/// What the limiter adds to a cache hit, measured side by side: the same warm feeds read with an
+/// `internal` token (exempt: no bucket) and a `free` token (one bucket round trip), alternating,
+/// so both see the same machine at the same moment. Reported, not asserted.
+async fn limiter_cost(run: &Run<'_>, report: &mut Report) -> anyhow::Result<()> {
+    const USERS: i64 = 100;
+    const READS: usize = 5;
+    let (mut exempt, mut limited) = (Vec::new(), Vec::new());
+    for user in 1..=USERS {
+        run.api.feed(&run.env.token(user, Tier::Internal), "").await?;
+    }
+    for user in 1..=USERS {
+        let (internal, free) = (run.env.token(user, Tier::Internal), run.env.token(user, Tier::Free));
+        for _ in 0..READS {
+            for (token, samples) in [(&internal, &mut exempt), (&free, &mut limited)] {
+                let started = Instant::now();
+                let reply = run.api.feed(token, "").await?;
+                anyhow::ensure!(reply.status == 200, "warm read returned {}", reply.status);
+                samples.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+    let (exempt_p50, exempt_p99) = super::percentiles(exempt);
+    let (limited_p50, limited_p99) = super::percentiles(limited);
+    report.metric("cache_hit_without_limiter_p50_ms", exempt_p50);
+    report.metric("cache_hit_without_limiter_p99_ms", exempt_p99);
+    report.metric("cache_hit_with_limiter_p50_ms", limited_p50);
+    report.metric("cache_hit_with_limiter_p99_ms", limited_p99);
+    report.diagnosis.push(format!(
+        "limiter cost on cache hits ({} alternating reads each): p50 {exempt_p50:.2} → {limited_p50:.2} ms, p99 {exempt_p99:.2} → {limited_p99:.2} ms (exempt → one bucket round trip)",
+        USERS as usize * READS
+    ));
+    Ok(())
 }
 
 fn free_token(run: &Run<'_>, index: usize) -> String {
