@@ -36,8 +36,13 @@ pub fn hints(stage: StageId) -> &'static [&'static str] {
     }
 }
 
+/// The workspace root (the checker lives in `checker/`).
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("checker/ has a parent")
+}
+
 fn state_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/kata")
+    workspace().join("target/kata")
 }
 
 /// The next hint for `stage` (all of them so far), remembering how many were shown.
@@ -113,7 +118,7 @@ pub fn start_state() -> [(&'static str, String); 2] {
 }
 
 pub fn workbench_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../workbench/src")
+    workspace().join("workbench/src")
 }
 
 /// Files of `dir` that differ from the start state.
