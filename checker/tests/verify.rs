@@ -31,6 +31,7 @@ macro_rules! assert_report_snapshot {
                 (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
                 (r"(?m)^(\s+(?:\| +)?\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
                 (r"p(50|99) [\d.]+ → [\d.]+ ms", "p$1 [a] → [b] ms"),
+                (r"p50 [\d.]+ ms vs [\d.]+ ms", "p50 [miss] ms vs [hit] ms"),
                 (r"\d+(\.\d+)? ms", "[n] ms"),
                 (r"actual time=[\d.]+\.\.[\d.]+", "actual time=[t]"),
                 (r"(?m)^(\s*)Buffers: .*$", "${1}Buffers: [buffers]"),

@@ -29,6 +29,33 @@ pub async fn run(run: &mut Run<'_>, report: &mut Report) {
     for check in checks {
         report.push(check);
     }
+    if let Err(e) = hit_vs_miss_latency(run, report).await {
+        report.diagnosis.push(format!("hit and miss latency not measured: {e:#}"));
+    }
+}
+
+/// What a hit saves: 50 cold reads (a miss: Redis, then the one statement, then the fill), each
+/// followed by a warm read of the same feed, side by side. Reported, not asserted.
+async fn hit_vs_miss_latency(run: &Run<'_>, report: &mut Report) -> anyhow::Result<()> {
+    run.env.flush_redis().await?;
+    let (mut misses, mut hits) = (Vec::new(), Vec::new());
+    for &user in run.users.full(120, 50) {
+        let token = run.token(user);
+        for samples in [&mut misses, &mut hits] {
+            let started = Instant::now();
+            let reply = run.api.feed(&token, "").await?;
+            anyhow::ensure!(reply.status == 200, "feed returned {}", reply.status);
+            samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let (miss_p50, _) = super::percentiles(misses);
+    let (hit_p50, _) = super::percentiles(hits);
+    report.metric("cache_miss_p50_ms", miss_p50);
+    report.metric("cache_hit_p50_ms", hit_p50);
+    report
+        .diagnosis
+        .push(format!("cache miss vs hit, same 50 feeds read cold then warm: p50 {miss_p50:.2} ms vs {hit_p50:.2} ms"));
+    Ok(())
 }
 
 /// `keyspace_hits` and `keyspace_misses` from `INFO stats`.
