@@ -136,7 +136,12 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()).await {
+    // Ctrl-C drops the running command, so throwaway servers are stopped and their data deleted.
+    let outcome = tokio::select! {
+        outcome = run(Cli::parse()) => outcome,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; throwaway services stopped")),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -174,6 +179,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let target = if url.is_empty() {
                 Target::Local(target.unwrap_or(Implementation::reference(stage)))
             } else {
+                // The implementation and the checker must share the database and Redis, or the
+                // checker would measure servers the implementation never talks to.
+                anyhow::ensure!(
+                    ["DATABASE_URL", "REDIS_URL"].iter().all(|v| std::env::var(v).is_ok_and(|v| !v.is_empty())),
+                    "--url needs DATABASE_URL and REDIS_URL set to the servers your implementation uses \
+                     (run `checker up --serve none` and export what it prints)"
+                );
                 Target::Urls(url)
             };
             if format == Format::Text {
@@ -243,12 +255,12 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
     let env = KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
     let s = &env.services;
     println!("# services are up; in another shell:");
+    println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);
+    println!("export REDIS_URL={}", s.redis_url);
     println!(
-        "export DATABASE_URL={}   # what the service uses (through the {} ms latency proxy)",
+        "export SERVICE_DATABASE_URL={}   # for a service: through the {} ms latency proxy",
         s.service_database_url, s.db_latency_ms
     );
-    println!("export DATABASE_URL_DIRECT={}   # for psql and the checker", s.database_url);
-    println!("export REDIS_URL={}", s.redis_url);
     let stage = match serve {
         Serve::Stage0 => Some(Implementation::Stage0),
         Serve::Stage1 => Some(Implementation::Stage1),
@@ -271,7 +283,9 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
             Some(tokio::spawn(feed_core::serve(listener, app, std::future::pending())))
         }
         None => {
-            println!("# no stage served; start yours, e.g.: LISTEN_ADDR={listen} cargo run -p stage-1");
+            println!(
+                "# no stage served; start yours, e.g.: DATABASE_URL=$SERVICE_DATABASE_URL LISTEN_ADDR={listen} cargo run -p stage-1"
+            );
             None
         }
     };

@@ -160,7 +160,15 @@ impl Report {
         }
         out.push('\n');
         let failed = self.failed().count();
-        if failed == 0 {
+        let skipped = self.checks.iter().filter(|c| c.skipped).count();
+        if failed == 0 && skipped > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} checks passed, {skipped} skipped (not measured; see SKIP above).",
+                self.stage,
+                self.checks.len() - skipped
+            );
+        } else if failed == 0 {
             let _ = writeln!(out, "{}: all {} checks passed.", self.stage, self.checks.len());
         } else {
             let first = self.failed().next().and_then(|c| c.doc.clone()).unwrap_or_default();

@@ -29,6 +29,10 @@ macro_rules! assert_report_snapshot {
                 (r"TTLs \d+\.\.\d+ s \(window \d+\.\.\d+ s\), spread \d+ s across keys written within \d+ s", "TTLs [ttl-window]"),
                 (r"(?m)^(  (burst|two_instance|spoofed_burst|pro_burst)_[a-z_]+) +\d+$", "$1 [n]"),
                 (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
+                // Under a saturated machine a reader can wait on a fill and poll: extra misses.
+                (r"(?m)^(  (hit_ratio|keyspace_hits|keyspace_misses|service_hit_ratio)) +[\d.]+$", "$1 [n]"),
+                (r"[\d.]+% hits in Redis INFO \(keyspace_hits \+\d+, keyspace_misses \+\d+", "[r]% hits in Redis INFO (keyspace_hits +[h], keyspace_misses +[m]"),
+                (r"own counters say [\d.]+%", "own counters say [r]%"),
                 (r"(?m)^(\s+(?:\| +)?\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
                 (r"p(50|99) [\d.]+ → [\d.]+ ms", "p$1 [a] → [b] ms"),
                 (r"p50 [\d.]+ ms vs [\d.]+ ms", "p50 [miss] ms vs [hit] ms"),
@@ -107,10 +111,11 @@ async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
 async fn stage_3_admits_one_bucket_per_user_however_the_burst_arrives() {
     let report = verify(StageId::Stage3, Implementation::Stage3).await;
     assert!(report.passed, "{}", report.to_text());
-    let most = metric(&report, "burst_expected_admitted_max");
-    for burst in ["burst_admitted", "two_instance_admitted", "spoofed_burst_admitted"] {
-        let admitted = metric(&report, burst);
-        assert!((60.0..=most.max(60.0) + 1.0).contains(&admitted), "{burst}: {admitted} admitted");
+    for burst in ["burst", "two_instance", "spoofed_burst"] {
+        // Exactly the bucket, plus what refilled during that burst's own measured duration.
+        let admitted = metric(&report, &format!("{burst}_admitted"));
+        let most = metric(&report, &format!("{burst}_expected_admitted_max"));
+        assert!((60.0..=most).contains(&admitted), "{burst}: {admitted} admitted, at most {most} allowed");
     }
     assert_eq!(metric(&report, "burst_admitted") + metric(&report, "burst_limited"), 1000.0);
     assert_report_snapshot!("stage_3_report", report);

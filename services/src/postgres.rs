@@ -12,7 +12,8 @@ use anyhow::{Context as _, bail};
 use sqlx::Connection as _;
 
 pub struct Postgres {
-    child: Child,
+    /// `None` once stopped, so a stopped server is never signalled again (its pid may be reused).
+    child: Option<Child>,
     port: u16,
     _dir: tempfile::TempDir,
 }
@@ -77,7 +78,7 @@ impl Postgres {
             .stdout(Stdio::null())
             .stderr(log);
         let child = as_user(&mut postgres, run_as).spawn().context("starting postgres")?;
-        let pg = Self { child, port, _dir: dir };
+        let pg = Self { child: Some(child), port, _dir: dir };
         pg.wait_ready().await?;
         Ok(pg)
     }
@@ -109,10 +110,12 @@ impl Postgres {
 impl Postgres {
     /// Stop the server at once (tests use it to prove the service answers 503, not hangs).
     pub fn stop(&mut self) {
-        // SIGQUIT = immediate shutdown: backends exit at once and shared memory is released.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            // SIGQUIT = immediate shutdown: backends exit at once and shared memory is released.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+            let _ = child.wait();
+        }
     }
 }
 

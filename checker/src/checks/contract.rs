@@ -75,6 +75,7 @@ async fn errors(run: &Run<'_>) -> Checked {
         ("POST /api/posts with malformed JSON", 400, json("{\"user_id\": 1,")),
         ("POST /api/posts with user_id as text", 422, json("{\"user_id\": \"one\", \"body\": \"hi\"}")),
         ("POST /api/posts with a blank body", 422, json("{\"user_id\": 1, \"body\": \"   \"}")),
+        ("POST /api/posts with a NUL character in the body", 422, json("{\"user_id\": 1, \"body\": \"a\\u0000b\"}")),
         ("POST /api/posts to a user that does not exist", 422, json("{\"user_id\": 987654321, \"body\": \"hi\"}")),
         ("POST /api/posts without a JSON content type", 415, api.post("/api/posts").bearer_auth(&good).body("{}")),
     ];

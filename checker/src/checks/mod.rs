@@ -60,9 +60,12 @@ impl Users {
         .fetch_all(&env.admin)
         .await?;
         anyhow::ensure!(
-            full.len() >= 210,
-            "the seeded data has only {} full timelines; reseed with `checker seed`",
-            full.len()
+            full.len() >= 210 && short.len() >= 4 && empty.len() >= 2,
+            "verify needs full, short and empty timelines; the loaded data has {}, {} and {}. \
+             Only the `small` profile has all three: run verify with `--profile small` (the default).",
+            full.len(),
+            short.len(),
+            empty.len()
         );
         Ok(Self { full, short, empty })
     }

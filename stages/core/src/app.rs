@@ -31,8 +31,9 @@ pub struct Context {
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 impl Context {
-    /// Build the pool and the Redis connection manager (both connect lazily, so a database that is
-    /// still starting shows up in `/ready` rather than as a crash) and run the migrations.
+    /// Build the pool and the Redis connection manager, and run the migrations (so the service
+    /// refuses to start, with a clear message, when Postgres is not there at all). Redis connects
+    /// on first use: the service starts without it and serves what it can.
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let db = crate::db::pool(&config)?;
         crate::db::migrate(&db).await.map_err(|e| {
@@ -76,12 +77,25 @@ struct AppState {
     db: PgPool,
     redis: ConnectionManager,
     feed: Arc<dyn FeedSource>,
+    /// The longest a request may spend on the database (waiting for a connection included).
+    db_deadline: Duration,
+}
+
+impl AppState {
+    /// Run database work under the request's deadline: a stalled network answers 503, not never.
+    async fn within_deadline<T>(&self, work: impl Future<Output = Result<T, ApiError>>) -> Result<T, ApiError> {
+        tokio::time::timeout(self.db_deadline, work)
+            .await
+            .unwrap_or_else(|_| Err(ApiError::DatabaseUnavailable(sqlx::Error::PoolTimedOut)))
+    }
 }
 
 /// The whole application: `/api/*` (authenticated, plus the stage's layers), `/health`,
 /// `/ready`, `/metrics`, and problem+json for anything else.
 pub fn router(ctx: &Context, stage: Stage) -> Router {
-    let state = AppState { db: ctx.db.clone(), redis: ctx.redis.clone(), feed: stage.feed };
+    // Room for the acquire timeout plus one statement_timeout; the server cuts off either first.
+    let db_deadline = ctx.config.db_acquire_timeout() * 2;
+    let state = AppState { db: ctx.db.clone(), redis: ctx.redis.clone(), feed: stage.feed, db_deadline };
     let keys = Arc::new(JwtKeys::new(&ctx.config.jwt_secret));
 
     let api = Router::new()
@@ -124,7 +138,7 @@ async fn get_feed(
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
     }
-    let items = state.feed.feed(user.id, limit).await?;
+    let items = state.within_deadline(async { Ok(state.feed.feed(user.id, limit).await?) }).await?;
     Ok(Json(Feed { user_id: user.id, items }))
 }
 
@@ -139,22 +153,29 @@ async fn create_post(
             "body must be 1 to {MAX_BODY_CHARS} characters and not only whitespace (got {chars})"
         )));
     }
-    let post = sqlx::query_as::<_, Post>(
-        "insert into posts (user_id, author_id, body) values ($1, $2, $3)
+    if new.body.contains('\0') {
+        // Postgres text cannot hold NUL: refuse it here rather than fail the insert.
+        return Err(ApiError::Unprocessable("body must not contain NUL characters".into()));
+    }
+    let insert = async {
+        sqlx::query_as::<_, Post>(
+            "insert into posts (user_id, author_id, body) values ($1, $2, $3)
          returning id, user_id, author_id, body, created_at",
-    )
-    .bind(new.user_id)
-    .bind(author.id)
-    .bind(&new.body)
-    .fetch_one(&state.db)
-    .await
-    .map_err(|e| match e.as_database_error().and_then(|d| d.code()).as_deref() {
-        // foreign_key_violation: the timeline owner or the token's user does not exist
-        Some("23503") => {
-            ApiError::Unprocessable(format!("user {} or author {} does not exist", new.user_id, author.id))
-        }
-        _ => e.into(),
-    })?;
+        )
+        .bind(new.user_id)
+        .bind(author.id)
+        .bind(&new.body)
+        .fetch_one(&state.db)
+        .await
+        .map_err(|e| match e.as_database_error().and_then(|d| d.code()).as_deref() {
+            // foreign_key_violation: the timeline owner or the token's user does not exist
+            Some("23503") => {
+                ApiError::Unprocessable(format!("user {} or author {} does not exist", new.user_id, author.id))
+            }
+            _ => e.into(),
+        })
+    };
+    let post = state.within_deadline(insert).await?;
     state.feed.timeline_changed(post.user_id).await;
     Ok((StatusCode::CREATED, Json(post)))
 }

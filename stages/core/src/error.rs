@@ -53,16 +53,28 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            // The database is unreachable or every pooled connection is busy past the timeout:
-            // tell the client to retry rather than letting it hang.
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => Self::DatabaseUnavailable(error),
-            other => Self::Internal(other.into()),
-        }
+        if database_unavailable(&error) { Self::DatabaseUnavailable(error) } else { Self::Internal(error.into()) }
+    }
+}
+
+/// Errors that mean "the database cannot serve us right now", as opposed to a bug: the client
+/// should retry (503), not be told something broke (500).
+fn database_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        // Unreachable, every pooled connection busy past the timeout, or the connection died.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P01-03 (admin shutdown, crash shutdown,
+        // cannot connect now: a restart or failover), 57014 (statement_timeout), 53300 (too
+        // many connections).
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "57014" | "53300")
+        }),
+        _ => false,
     }
 }
 

@@ -22,12 +22,12 @@ pub struct CacheConfig {
     /// How long a cached timeline may be served, in seconds. New posts never wait for it (the
     /// write path invalidates); what can be stale for up to this long is an author's name or
     /// avatar. See docs/stage-2.md for how 300 s was chosen.
-    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 300)]
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_ttl_secs: u64,
 
     /// Random spread of each TTL, in percent (10 → 270..330 s), so keys filled together do not
     /// all expire in the same second and send their misses to Postgres at once.
-    #[arg(long, env = "CACHE_TTL_JITTER_PCT", default_value_t = 10)]
+    #[arg(long, env = "CACHE_TTL_JITTER_PCT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=50))]
     pub cache_ttl_jitter_pct: u64,
 }
 

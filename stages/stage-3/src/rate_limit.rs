@@ -19,16 +19,16 @@ use redis::aio::ConnectionManager;
 #[derive(clap::Args, Debug, Clone)]
 pub struct RateLimitConfig {
     /// free tier: sustained requests per minute (refill rate).
-    #[arg(long, env = "RATE_FREE_PER_MIN", default_value_t = 60)]
+    #[arg(long, env = "RATE_FREE_PER_MIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_free_per_min: u32,
     /// free tier: bucket size, the burst allowed after a quiet minute.
-    #[arg(long, env = "RATE_FREE_BURST", default_value_t = 60)]
+    #[arg(long, env = "RATE_FREE_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_free_burst: u32,
     /// pro tier: sustained requests per minute.
-    #[arg(long, env = "RATE_PRO_PER_MIN", default_value_t = 600)]
+    #[arg(long, env = "RATE_PRO_PER_MIN", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_pro_per_min: u32,
     /// pro tier: bucket size.
-    #[arg(long, env = "RATE_PRO_BURST", default_value_t = 100)]
+    #[arg(long, env = "RATE_PRO_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_pro_burst: u32,
     /// What to do when Redis cannot be asked: `open` admits (and counts) the request, `closed`
     /// answers 503.
@@ -170,7 +170,10 @@ pub async fn rate_limit(
 /// The IETF httpapi headers (draft-ietf-httpapi-ratelimit-headers): the policy, and where the
 /// caller stands in it, so well-behaved clients slow down before they hit the wall.
 fn rate_limit_headers(headers: &mut HeaderMap, tier: &str, limit: Limit, decision: &Decision) {
-    let policy = format!("\"{tier}\";q={};w=60", limit.per_min);
+    // The header has no word for "burst", so the policy names the bucket: `burst` requests per
+    // the time it takes to refill it (free: 60 per 60 s; pro: 100 per 10 s, i.e. 600 a minute).
+    let window = (u64::from(limit.burst) * 60).div_ceil(u64::from(limit.per_min));
+    let policy = format!("\"{tier}\";q={};w={window}", limit.burst);
     let state = format!("\"{tier}\";r={};t={}", decision.remaining, decision.full_in_secs);
     for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
