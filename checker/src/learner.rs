@@ -25,7 +25,7 @@ pub fn hints(stage: StageId) -> &'static [&'static str] {
             "TTL: new posts must show at once (so invalidate on write), names and avatars may be a few minutes stale: 300 s, times a random factor between 0.9 and 1.1 so keys filled together expire apart.",
             "Invalidation: implement `timeline_changed` and DEL the owner's key. The core calls it after every successful POST /api/posts.",
             "Stampede: on a miss, `SET feed:v1:user:{id}:lock <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls GET every ~20 ms for up to a second.",
-            "Redis failure: wrap each Redis call in `tokio::time::timeout` (feed_core::app::REDIS_TIMEOUT) and on any error read the inner source: a cache outage must never become a 5xx.",
+            "Redis failure: wrap each Redis call in `feed_core::app::redis_call` (a 250 ms deadline) and on any error read the inner source: a cache outage must never become a 5xx.",
         ],
         StageId::Stage3 => &[
             "Add a layer around the API routes: `Stage::with_api_layer(|api| api.layer(axum::middleware::from_fn_with_state(bucket, your_fn)))`. The core authenticates before your layer runs.",

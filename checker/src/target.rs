@@ -20,10 +20,6 @@ pub enum StageId {
 impl StageId {
     pub const ALL: [StageId; 4] = [Self::Stage0, Self::Stage1, Self::Stage2, Self::Stage3];
 
-    pub fn number(self) -> u8 {
-        self as u8
-    }
-
     pub fn name(self) -> &'static str {
         ["stage-0", "stage-1", "stage-2", "stage-3"][self as usize]
     }

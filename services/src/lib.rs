@@ -41,7 +41,8 @@ impl Default for Options {
 pub struct Services {
     postgres: Option<Postgres>,
     redis: Option<RedisServer>,
-    proxy: Option<LatencyProxy>,
+    /// Held only to keep the proxy running for as long as the services live.
+    _proxy: Option<LatencyProxy>,
     /// Direct connection to Postgres: for migrations, seeding and measurement.
     pub database_url: String,
     /// The URL the *service* uses: through the latency proxy when one runs.
@@ -81,7 +82,7 @@ impl Services {
         Ok(Self {
             postgres,
             redis,
-            proxy,
+            _proxy: proxy,
             database_url,
             service_database_url,
             redis_url,
@@ -98,15 +99,6 @@ impl Services {
     /// The PostgreSQL server started here, if any.
     pub fn owned_postgres(&mut self) -> Option<&mut Postgres> {
         self.postgres.as_mut()
-    }
-
-    /// True when Postgres was started here (and so is ours to reseed and measure freely).
-    pub fn owns_postgres(&self) -> bool {
-        self.postgres.is_some()
-    }
-
-    pub fn proxy(&self) -> Option<&LatencyProxy> {
-        self.proxy.as_ref()
     }
 }
 

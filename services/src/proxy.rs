@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 pub struct LatencyProxy {
     addr: SocketAddr,
-    latency: Duration,
     stopped: Arc<AtomicBool>,
 }
 
@@ -44,15 +43,11 @@ impl LatencyProxy {
                 }
             }
         })?;
-        Ok(Self { addr, latency, stopped })
+        Ok(Self { addr, stopped })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    pub fn latency(&self) -> Duration {
-        self.latency
     }
 }
 

@@ -30,6 +30,14 @@ pub struct Context {
 /// longer than the query it saves is worse than none.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// Run one Redis call under [`REDIS_TIMEOUT`]; running out of time is an error like any other,
+/// so callers handle "slow" and "down" the same way.
+pub async fn redis_call<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(REDIS_TIMEOUT, call).await.unwrap_or_else(|_| {
+        Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out")))
+    })
+}
+
 impl Context {
     /// Build the pool and the Redis connection manager, and run the migrations (so the service
     /// refuses to start, with a clear message, when Postgres is not there at all). Redis connects

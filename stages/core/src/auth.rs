@@ -39,13 +39,6 @@ impl Tier {
     }
 }
 
-impl std::str::FromStr for Tier {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        <Self as clap::ValueEnum>::from_str(s, true)
-    }
-}
-
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     /// The user id, as a string (RFC 7519 makes `sub` a string).

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use feed_core::api::{FeedItem, MAX_LIMIT};
+use feed_core::app::redis_call;
 use feed_core::{FeedError, FeedSource};
 use rand::Rng as _;
 use redis::AsyncCommands as _;
@@ -49,7 +50,7 @@ impl CacheConfig {
 
 /// The key for `user_id`'s timeline. `v1` is the format version: change the cached shape and
 /// bump it, and no instance ever parses an entry written in the old format.
-pub fn feed_key(user_id: i64) -> String {
+fn feed_key(user_id: i64) -> String {
     format!("feed:v1:user:{user_id}")
 }
 
@@ -76,7 +77,7 @@ impl<S: FeedSource> CachedFeed<S> {
 
     async fn get(&self, key: &str) -> redis::RedisResult<Option<Vec<FeedItem>>> {
         let mut redis = self.redis.clone();
-        let cached: Option<String> = within_timeout(redis.get(key)).await?;
+        let cached: Option<String> = redis_call(redis.get(key)).await?;
         // An entry that no longer parses is treated as a miss and overwritten.
         Ok(cached.and_then(|json| serde_json::from_str(&json).ok()))
     }
@@ -93,7 +94,7 @@ impl<S: FeedSource> CachedFeed<S> {
         let mut redis = self.redis.clone();
         let mut fill = FILL.key(feed_key(user_id));
         fill.key(lock_key(user_id)).arg(token).arg(json).arg(ttl.as_secs().max(1));
-        let stored: redis::RedisResult<i64> = within_timeout(fill.invoke_async(&mut redis)).await;
+        let stored: redis::RedisResult<i64> = redis_call(fill.invoke_async(&mut redis)).await;
         if let Err(e) = stored {
             bypassed("fill", &e);
         }
@@ -104,7 +105,7 @@ impl<S: FeedSource> CachedFeed<S> {
     async fn miss(&self, user_id: i64) -> redis::RedisResult<Result<Vec<FeedItem>, FeedError>> {
         let token = rand::rng().random::<u64>().to_string();
         let mut redis = self.redis.clone();
-        let acquired = within_timeout(
+        let acquired = redis_call(
             redis::cmd("SET")
                 .arg(lock_key(user_id))
                 .arg(&token)
@@ -147,12 +148,6 @@ static FILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     )
 });
 
-async fn within_timeout<T>(call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
-    tokio::time::timeout(feed_core::app::REDIS_TIMEOUT, call).await.unwrap_or_else(|_| {
-        Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out")))
-    })
-}
-
 fn bypassed(op: &str, error: &redis::RedisError) {
     metrics::counter!("cache_bypass_total").increment(1);
     tracing::warn!(op, %error, "redis unavailable: cache bypassed, reading from postgres");
@@ -187,7 +182,7 @@ impl<S: FeedSource> FeedSource for CachedFeed<S> {
 
     async fn timeline_changed(&self, user_id: i64) {
         let mut redis = self.redis.clone();
-        let deleted: redis::RedisResult<i64> = within_timeout(redis.del(&[feed_key(user_id), lock_key(user_id)])).await;
+        let deleted: redis::RedisResult<i64> = redis_call(redis.del(&[feed_key(user_id), lock_key(user_id)])).await;
         if let Err(e) = deleted {
             // The post is safe in Postgres; only its visibility waits for the TTL. Say so loudly.
             tracing::error!(user_id, error = %e, "could not invalidate cached feed; it may be stale until its TTL");

@@ -2,7 +2,7 @@
 
 mod cache;
 
-pub use cache::{CacheConfig, CachedFeed, feed_key};
+pub use cache::{CacheConfig, CachedFeed};
 
 pub fn stage(ctx: feed_core::Context, cache: CacheConfig) -> feed_core::Stage {
     feed_core::Stage::new("stage-2", cached_feed(ctx, cache))

@@ -97,10 +97,7 @@ impl TokenBucket {
         let mut invocation = self.script.key(format!("ratelimit:v1:user:{user_id}"));
         invocation.arg(limit.burst).arg(f64::from(limit.per_min) / 60.0);
         let call = invocation.invoke_async::<(i64, i64, i64, i64)>(&mut redis);
-        let (admitted, remaining, next_token_us, full_in_us) =
-            tokio::time::timeout(feed_core::app::REDIS_TIMEOUT, call).await.unwrap_or_else(|_| {
-                Err(redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "redis call timed out")))
-            })?;
+        let (admitted, remaining, next_token_us, full_in_us) = feed_core::app::redis_call(call).await?;
         Ok(Decision {
             admitted: admitted == 1,
             remaining: remaining.max(0) as u64,
