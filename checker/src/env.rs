@@ -74,13 +74,13 @@ impl KataEnv {
     }
 
     /// Serve any stage built from the context (tests use this to change a stage's settings).
-    pub async fn spawn_with(
+    pub async fn spawn_with<F: Future<Output = anyhow::Result<feed_core::Stage>>>(
         &self,
-        build: impl FnOnce(feed_core::Context) -> feed_core::Stage,
+        build: impl FnOnce(feed_core::Context) -> F,
     ) -> anyhow::Result<RunningApp> {
         feed_core::metrics::handle();
         let ctx = feed_core::Context::connect(self.app_config()).await?;
-        let app = feed_core::router(&ctx, build(ctx.clone()));
+        let app = feed_core::router(&ctx, build(ctx.clone()).await?);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let base_url = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

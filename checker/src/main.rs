@@ -275,7 +275,7 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
     let _server = match stage {
         Some(stage) => {
             let ctx = feed_core::Context::connect(feed_core::Config { listen, ..env.app_config() }).await?;
-            let app = feed_core::router(&ctx, stage.build(ctx.clone()));
+            let app = feed_core::router(&ctx, stage.build(ctx.clone()).await?);
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("binding {listen} (use --listen to pick another address)"))?;

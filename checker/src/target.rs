@@ -61,13 +61,15 @@ impl Implementation {
     }
 
     /// Build the app with its default settings.
-    pub fn build(self, ctx: feed_core::Context) -> feed_core::Stage {
+    pub async fn build(self, ctx: feed_core::Context) -> anyhow::Result<feed_core::Stage> {
         match self {
-            Self::Stage0 => stage_0::stage(ctx),
-            Self::Stage1 => stage_1::stage(ctx),
-            Self::Stage2 => stage_2::stage(ctx, stage_2::CacheConfig::default()),
-            Self::Stage3 => stage_3::stage(ctx, stage_2::CacheConfig::default(), stage_3::RateLimitConfig::default()),
-            Self::Workbench => workbench::stage(ctx),
+            Self::Stage0 => stage_0::stage(ctx).await,
+            Self::Stage1 => stage_1::stage(ctx).await,
+            Self::Stage2 => stage_2::stage(ctx, stage_2::CacheConfig::default()).await,
+            Self::Stage3 => {
+                stage_3::stage(ctx, stage_2::CacheConfig::default(), stage_3::RateLimitConfig::default()).await
+            }
+            Self::Workbench => workbench::stage(ctx).await,
         }
     }
 }

@@ -88,6 +88,10 @@ pub struct StageProcess {
 impl StageProcess {
     /// Start `stage-N` from `bin_dir` against `env` and wait until it is ready.
     pub async fn start(bin_dir: &Path, stage: u8, env: &Environment, jwt_secret: &str) -> anyhow::Result<Self> {
+        // Each stage runs on the schema its own migrations give it (stage-0: no timeline index).
+        let db = PgPoolOptions::new().max_connections(1).connect(&env.services.database_url).await?;
+        feed_core::db::reset_to_core_schema(&db).await?;
+        db.close().await;
         let binary = bin_dir.join(format!("stage-{stage}"));
         let addr = format!("127.0.0.1:{}", free_port()?);
         let log = std::env::temp_dir().join(format!("loadtest-stage-{stage}.log"));

@@ -11,5 +11,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    feed_core::run(cli.config, |ctx| async move { Ok(workbench::stage(ctx)) }).await
+    feed_core::run(cli.config, workbench::stage).await
 }

@@ -4,6 +4,6 @@ mod feed;
 
 pub use feed::PostsThenAuthors;
 
-pub fn stage(ctx: feed_core::Context) -> feed_core::Stage {
-    feed_core::Stage::new("stage-0", PostsThenAuthors::new(ctx.db))
+pub async fn stage(ctx: feed_core::Context) -> anyhow::Result<feed_core::Stage> {
+    Ok(feed_core::Stage::new("stage-0", PostsThenAuthors::new(ctx.db)))
 }

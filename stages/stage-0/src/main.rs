@@ -11,5 +11,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    feed_core::run(cli.config, |ctx| async move { Ok(stage_0::stage(ctx)) }).await
+    feed_core::run(cli.config, stage_0::stage).await
 }

@@ -13,5 +13,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    feed_core::run(cli.config, |ctx| async move { Ok(stage_2::stage(ctx, cli.cache)) }).await
+    feed_core::run(cli.config, |ctx| stage_2::stage(ctx, cli.cache)).await
 }

@@ -6,12 +6,16 @@ use std::sync::Arc;
 
 pub use rate_limit::{OnRedisError, RateLimitConfig, TokenBucket};
 
-pub fn stage(ctx: feed_core::Context, cache: stage_2::CacheConfig, limits: RateLimitConfig) -> feed_core::Stage {
+pub async fn stage(
+    ctx: feed_core::Context,
+    cache: stage_2::CacheConfig,
+    limits: RateLimitConfig,
+) -> anyhow::Result<feed_core::Stage> {
     let bucket = Arc::new(TokenBucket::new(ctx.redis.clone(), limits));
-    feed_core::Stage::new("stage-3", stage_2::cached_feed(ctx, cache)).with_api_layer(move |api| {
+    Ok(feed_core::Stage::new("stage-3", stage_2::cached_feed(ctx, cache).await?).with_api_layer(move |api| {
         // Only the /api routes: /health, /ready and /metrics stay reachable for probes. The core
         // adds authentication outside this layer, so a request without a valid token is turned
         // away (401) before it can cost anyone a token.
         api.layer(axum::middleware::from_fn_with_state(bucket, rate_limit::rate_limit))
-    })
+    }))
 }

@@ -15,5 +15,5 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    feed_core::run(cli.config, |ctx| async move { Ok(stage_3::stage(ctx, cli.cache, cli.limits)) }).await
+    feed_core::run(cli.config, |ctx| stage_3::stage(ctx, cli.cache, cli.limits)).await
 }
