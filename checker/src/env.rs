@@ -1,13 +1,19 @@
-//! The checker's world: services, the seeded database, and the apps it starts in-process.
+//! The checker's world: services, the seeded database, and the implementations it starts.
 
 use std::time::Duration;
 
 use feed_core::auth::{JwtKeys, Tier};
 use feed_core::seed::Profile;
-use kata_services::{Options, Services};
+use kata_services::{AppProcess, Launch, Options, Services};
+
+use crate::Implementation;
+use crate::build::Built;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use tokio::net::TcpListener;
+
+/// Long enough for a debug build to connect and migrate, or a script to create its virtualenv's
+/// imports; short enough that a service that never comes up is a quick, clear failure.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct EnvOptions {
@@ -15,11 +21,18 @@ pub struct EnvOptions {
     pub db_latency_ms: u64,
     /// Use `DATABASE_URL` / `REDIS_URL` when set (otherwise always start throwaway ones).
     pub honour_env: bool,
+    /// How long a started implementation may take to answer `GET /ready` with 200.
+    pub ready_timeout: Duration,
 }
 
 impl Default for EnvOptions {
     fn default() -> Self {
-        Self { profile: Profile::Small, db_latency_ms: kata_services::DEFAULT_DB_LATENCY_MS, honour_env: true }
+        Self {
+            profile: Profile::Small,
+            db_latency_ms: kata_services::DEFAULT_DB_LATENCY_MS,
+            honour_env: true,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
     }
 }
 
@@ -56,38 +69,40 @@ impl KataEnv {
         Ok(Self { keys: JwtKeys::new(&jwt_secret), services, admin, redis, jwt_secret, options, db_round_trip_ms })
     }
 
-    /// The config an in-process app gets: port 0, the proxied database, the checker's Redis.
-    pub fn app_config(&self) -> feed_core::Config {
-        feed_core::Config {
-            listen: "127.0.0.1:0".parse().expect("valid address"),
-            database_url: self.services.service_database_url.clone(),
-            redis_url: self.services.redis_url.clone(),
-            jwt_secret: self.jwt_secret.clone(),
-            db_pool_size: 10,
-            db_acquire_timeout_ms: 5000,
-        }
+    /// The environment an implementation is started with: the database through the latency
+    /// proxy, the checker's Redis, the secret its tokens are signed with. (`LISTEN_ADDR` is added
+    /// per process.)
+    pub fn app_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("DATABASE_URL".into(), self.services.service_database_url.clone()),
+            ("REDIS_URL".into(), self.services.redis_url.clone()),
+            ("JWT_SECRET".into(), self.jwt_secret.clone()),
+        ]
     }
 
-    /// Serve a reference stage or the workbench on a free port in this process.
-    pub async fn spawn(&self, implementation: crate::Implementation) -> anyhow::Result<RunningApp> {
-        self.spawn_with(|ctx| implementation.build(ctx)).await
+    /// Start `launch` as its own process with [`Self::app_env`] plus `extra`, ready to serve.
+    pub async fn start_app(&self, launch: &Launch, extra: &[(&str, &str)]) -> anyhow::Result<AppProcess> {
+        let mut env = self.app_env();
+        env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        AppProcess::start(launch, &env, self.options.ready_timeout).await
     }
 
-    /// Serve any stage built from the context (tests use this to change a stage's settings).
-    pub async fn spawn_with<F: Future<Output = anyhow::Result<feed_core::Stage>>>(
+    /// Build a stage or the workbench with cargo and start it (a compile error is an error here;
+    /// `verify` reports it as a check instead).
+    pub async fn spawn(&self, implementation: Implementation) -> anyhow::Result<AppProcess> {
+        self.spawn_with(implementation, &[]).await
+    }
+
+    /// [`Self::spawn`] with extra settings, e.g. `RATE_LIMIT_ON_REDIS_ERROR=closed`.
+    pub async fn spawn_with(
         &self,
-        build: impl FnOnce(feed_core::Context) -> F,
-    ) -> anyhow::Result<RunningApp> {
-        feed_core::metrics::handle();
-        let ctx = feed_core::Context::connect(self.app_config()).await?;
-        let app = feed_core::router(&ctx, build(ctx.clone()).await?);
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let base_url = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(feed_core::serve(listener, app, async move {
-            let _ = stopped.await;
-        }));
-        Ok(RunningApp { base_url, _stop: stop, db: ctx.db })
+        implementation: Implementation,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<AppProcess> {
+        match crate::build::build(implementation.name())? {
+            Built::Binary(program) => self.start_app(&Launch::Program { program, args: Vec::new() }, extra).await,
+            Built::CompileError(error) => anyhow::bail!("{} does not compile:\n{error}", implementation.name()),
+        }
     }
 
     /// A bearer token valid for an hour.
@@ -118,11 +133,4 @@ async fn round_trip_ms(url: &str) -> anyhow::Result<f64> {
     }
     samples.sort_by(f64::total_cmp);
     Ok(samples[samples.len() / 2])
-}
-
-/// An app served in-process; it stops when dropped.
-pub struct RunningApp {
-    pub base_url: String,
-    _stop: tokio::sync::oneshot::Sender<()>,
-    pub db: PgPool,
 }

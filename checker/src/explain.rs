@@ -101,6 +101,8 @@ pub async fn on_demand(
     .fetch_all(&env.admin)
     .await?;
     let user = user.or(users.first().copied()).ok_or_else(|| anyhow::anyhow!("no seeded users; run `checker seed`"))?;
+    // The schema the implementation's own migrations give it, as `verify` does.
+    feed_core::db::reset_to_core_schema(&env.admin).await?;
     let app = env.spawn(stage).await?;
     let api = crate::client::Api::new(&app.base_url);
     let before = crate::pgss::snapshot(&env.admin).await?;

@@ -36,13 +36,12 @@ pub fn hints(stage: StageId) -> &'static [&'static str] {
     }
 }
 
-/// The workspace root (the checker lives in `checker/`).
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("checker/ has a parent")
-}
+use crate::build::workspace;
 
-fn state_dir() -> PathBuf {
-    workspace().join("target/kata")
+/// Where the learner's progress (hints shown) and workbench backups are kept: beside the
+/// workspace's files, not in target/, so `cargo clean` does not erase them. Git ignores it.
+pub fn state_dir() -> PathBuf {
+    workspace().join(".kata")
 }
 
 /// The next hint for `stage` (all of them so far), remembering how many were shown.
@@ -80,10 +79,18 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
             );
             continue;
         }
-        let report = crate::checks::verify(env, bar, Target::Local(Implementation::Workbench)).await?;
+        let report = crate::checks::verify(env, bar, Target::Implementation(Implementation::Workbench)).await?;
         match report.failed().next() {
             None => {
                 let _ = writeln!(out, "{:<8} PASS", bar.name());
+            }
+            Some(check) if check.name == "builds" => {
+                let _ = writeln!(out, "{:<8} -          workbench does not compile:", bar.name());
+                for line in check.evidence.as_deref().unwrap_or_default().lines() {
+                    let _ = writeln!(out, "           {line}");
+                }
+                out.push_str("\nFix the compiler error first; `cargo kata watch` re-checks on every save.\n");
+                return Ok((out, false));
             }
             Some(check) => {
                 let _ = writeln!(out, "{:<8} FAIL       {}: {}", bar.name(), check.name, check.summary);
@@ -96,7 +103,7 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
         Some((bar, doc)) => {
             let _ = writeln!(
                 out,
-                "\nNext: read {doc}; `checker verify {} --target workbench` shows the evidence; `checker hint {}` gives a nudge.",
+                "\nNext: read {doc}; `cargo kata verify {} --target workbench` shows the evidence; `cargo kata hint {}` gives a nudge.",
                 bar.name(),
                 bar.name()
             );
@@ -106,41 +113,138 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
     Ok((out, done))
 }
 
-/// The workbench as it starts: stage-0's taught part.
-pub fn start_state() -> [(&'static str, String); 2] {
+/// `checker watch`: grade the workbench now and after every save (debounced), printing only the
+/// outcome: the compile error, the first failing check with its evidence, or the bar it passes.
+pub async fn watch(env: &mut KataEnv, only: Option<StageId>) -> anyhow::Result<()> {
+    use notify_debouncer_mini::notify::RecursiveMode;
+    let (saved, mut saves) = tokio::sync::mpsc::unbounded_channel();
+    let mut debouncer = notify_debouncer_mini::new_debouncer(
+        std::time::Duration::from_millis(300),
+        move |events: notify_debouncer_mini::DebounceEventResult| {
+            // Source, migrations and manifest; not editor swap files or build output.
+            let relevant = |p: &Path| p.extension().is_some_and(|e| e == "rs" || e == "sql" || e == "toml");
+            if events.is_ok_and(|events| events.iter().any(|e| relevant(&e.path))) {
+                let _ = saved.send(());
+            }
+        },
+    )?;
+    debouncer.watcher().watch(&workbench_dir(), RecursiveMode::Recursive)?;
+    let bars = only.map_or_else(|| vec![StageId::Stage1, StageId::Stage2, StageId::Stage3], |bar| vec![bar]);
+    loop {
+        let stamp = chrono::Local::now().format("%H:%M:%S");
+        println!("[{stamp}] {}", watch_once(env, &bars).await?);
+        println!("watching workbench/ for changes (Ctrl-C stops)…");
+        saves.recv().await.ok_or_else(|| anyhow::anyhow!("the file watcher stopped"))?;
+        // One run for a burst of saves.
+        while saves.try_recv().is_ok() {}
+    }
+}
+
+/// One grading of the workbench against `bars` in turn, up to the first it fails.
+async fn watch_once(env: &mut KataEnv, bars: &[StageId]) -> anyhow::Result<String> {
+    let mut passed = None;
+    for &bar in bars {
+        let report = crate::checks::verify(env, bar, Target::Implementation(Implementation::Workbench)).await?;
+        let Some(check) = report.failed().next().or_else(|| report.unresolved().next()) else {
+            passed = Some(bar);
+            continue;
+        };
+        let mut out = if check.name == "builds" {
+            "workbench does not compile:".to_owned()
+        } else {
+            format!("{}: {} — {}", bar.name(), check.name, check.summary)
+        };
+        for line in check.evidence.as_deref().unwrap_or_default().lines() {
+            let _ = write!(out, "\n  | {line}");
+        }
+        if let Some(doc) = &check.doc {
+            let _ = write!(out, "\n  read: {doc}   (`cargo kata hint {}` for a nudge)", bar.name());
+        }
+        return Ok(out);
+    }
+    Ok(match passed {
+        Some(StageId::Stage3) => "stage-3 passes: all three fixes hold. Well done.".to_owned(),
+        Some(bar) => format!("{} passes.", bar.name()),
+        None => "nothing to check".to_owned(),
+    })
+}
+
+/// The workbench as it starts: stage-0, under its own name, applying its own (so far empty)
+/// migrations. Paths are relative to `workbench/`.
+pub fn start_state() -> [(&'static str, String); 3] {
     let lib = include_str!("../../stages/stage-0/src/lib.rs")
         .replace(
             "//! stage-0: the feed as it shipped. The response is right; the way it is read is not.",
-            "//! Your workbench: it starts as stage-0. Change `feed.rs` (and this file, for stage-2 and\n//! stage-3) until `cargo run -p checker -- verify stage-N --target workbench` passes.",
+            "//! Your workbench: it starts as stage-0. Change `feed.rs` (and this file, for stage-2 and\n//! stage-3) until `cargo kata verify stage-N --target workbench` passes.",
         )
-        .replace("\"stage-0\"", "\"workbench\"");
-    [("lib.rs", lib), ("feed.rs", include_str!("../../stages/stage-0/src/feed.rs").to_owned())]
+        .replace(
+            "    Ok(feed_core::Stage::new(\"stage-0\"",
+            "    // Your own schema changes: the .sql files in workbench/migrations/ (none yet).\n    \
+             feed_core::db::migrate_stage(&ctx.db, sqlx::migrate!(\"./migrations\"), \"workbench\").await?;\n    \
+             Ok(feed_core::Stage::new(\"workbench\"",
+        );
+    let main = include_str!("../../stages/stage-0/src/main.rs")
+        .replace(
+            "/// stage-0: the feed service as it shipped (correct, and slow under load).",
+            "/// workbench: your version of the feed service.",
+        )
+        .replace("stage_0::stage", "workbench::stage");
+    [
+        ("src/lib.rs", lib),
+        ("src/feed.rs", include_str!("../../stages/stage-0/src/feed.rs").to_owned()),
+        ("src/main.rs", main),
+    ]
 }
 
 pub fn workbench_dir() -> PathBuf {
-    workspace().join("workbench/src")
+    workspace().join("workbench")
 }
 
-/// Files of `dir` that differ from the start state.
-pub fn changed_files(dir: &Path) -> Vec<&'static str> {
-    start_state()
+/// Files the learner added: anything in `src/` or `migrations/` that the start state lacks
+/// (`migrations/README.md` belongs to the start).
+fn added_files(dir: &Path) -> Vec<String> {
+    let start: Vec<&str> = start_state().iter().map(|(name, _)| *name).collect();
+    let mut added = Vec::new();
+    for sub in ["src", "migrations"] {
+        for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+            let name = format!("{sub}/{}", entry.file_name().to_string_lossy());
+            if entry.path().is_file() && !start.contains(&name.as_str()) && name != "migrations/README.md" {
+                added.push(name);
+            }
+        }
+    }
+    added.sort();
+    added
+}
+
+/// Files of the workbench in `dir` that differ from the start state, or were added to it.
+pub fn changed_files(dir: &Path) -> Vec<String> {
+    let mut changed: Vec<String> = start_state()
         .into_iter()
         .filter(|(name, start)| std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(start.as_str()))
-        .map(|(name, _)| name)
-        .collect()
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    changed.extend(added_files(dir));
+    changed
 }
 
-/// Put the start state back into `dir`, first copying whatever is there into `backup`.
+/// Put the start state back into `dir`: copy every changed or added file into `backup` first
+/// (keeping its path), then restore the start files and remove the added ones.
 pub fn reset(dir: &Path, backup: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(backup)?;
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_file() {
-            std::fs::copy(&path, backup.join(path.file_name().expect("a file has a name")))?;
+    let added = added_files(dir);
+    for name in changed_files(dir) {
+        let from = dir.join(&name);
+        if from.is_file() {
+            let to = backup.join(&name);
+            std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
+            std::fs::copy(&from, &to)?;
         }
     }
     for (name, content) in start_state() {
         std::fs::write(dir.join(name), content)?;
+    }
+    for name in added {
+        std::fs::remove_file(dir.join(name))?;
     }
     Ok(())
 }
@@ -154,30 +258,41 @@ pub fn backup_dir() -> PathBuf {
 mod tests {
     use super::*;
 
+    /// A copy of the workbench as it is in the repository, in a temporary folder.
+    fn workbench_copy() -> tempfile::TempDir {
+        let copy = tempfile::tempdir().unwrap();
+        for sub in ["src", "migrations"] {
+            std::fs::create_dir_all(copy.path().join(sub)).unwrap();
+            for entry in std::fs::read_dir(workbench_dir().join(sub)).unwrap() {
+                let entry = entry.unwrap();
+                std::fs::copy(entry.path(), copy.path().join(sub).join(entry.file_name())).unwrap();
+            }
+        }
+        copy
+    }
+
+    #[test]
+    fn the_committed_workbench_is_the_start_state() {
+        assert_eq!(changed_files(&workbench_dir()), Vec::<String>::new());
+    }
+
     #[test]
     fn reset_restores_stage_0_and_keeps_a_copy_of_the_learners_work() {
-        let dir = tempfile_dir("work");
-        let backup = tempfile_dir("backup");
-        std::fs::write(dir.join("feed.rs"), "// my half-done JOIN\n").unwrap();
-        std::fs::write(dir.join("notes.rs"), "// my notes\n").unwrap();
-        assert!(changed_files(&dir).contains(&"feed.rs"));
+        let work = workbench_copy();
+        let backup = tempfile::tempdir().unwrap();
+        std::fs::write(work.path().join("src/feed.rs"), "// my half-done JOIN\n").unwrap();
+        std::fs::write(work.path().join("src/cache.rs"), "// my cache\n").unwrap();
+        std::fs::write(work.path().join("migrations/0001_index.sql"), "create index …;\n").unwrap();
+        assert_eq!(changed_files(work.path()), ["src/feed.rs", "migrations/0001_index.sql", "src/cache.rs"]);
 
-        reset(&dir, &backup).unwrap();
+        reset(work.path(), backup.path()).unwrap();
 
-        assert_eq!(changed_files(&dir), Vec::<&str>::new());
-        assert_eq!(std::fs::read_to_string(backup.join("feed.rs")).unwrap(), "// my half-done JOIN\n");
-        assert_eq!(std::fs::read_to_string(backup.join("notes.rs")).unwrap(), "// my notes\n");
-        assert!(std::fs::read_to_string(dir.join("lib.rs")).unwrap().contains("Stage::new(\"workbench\""));
-    }
-
-    fn tempfile_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("kata-{name}-{}-{}", std::process::id(), rand_id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
-    fn rand_id() -> u128 {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        assert_eq!(changed_files(work.path()), Vec::<String>::new());
+        assert_eq!(std::fs::read_to_string(backup.path().join("src/feed.rs")).unwrap(), "// my half-done JOIN\n");
+        assert_eq!(std::fs::read_to_string(backup.path().join("src/cache.rs")).unwrap(), "// my cache\n");
+        assert!(backup.path().join("migrations/0001_index.sql").is_file());
+        assert!(!work.path().join("migrations/0001_index.sql").exists());
+        assert!(work.path().join("migrations/README.md").is_file());
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! The checker: proves what each stage claims by measuring it against real PostgreSQL and Redis.
 //!
-//! `verify` starts (or is pointed at) an implementation, drives it over HTTP, and reads the
+//! `verify` starts an implementation as its own process (a stage, the workbench, or any command;
+//! or is pointed at one somebody else runs), drives it over HTTP only, and reads the
 //! evidence where an engineer would: `pg_stat_statements` for statements per request, `EXPLAIN
 //! (ANALYZE, BUFFERS)` for plans, Redis `INFO stats` and `TTL` for the cache, response codes and
 //! headers for the rate limiter. Nothing it reports is asserted; everything is measured.
 
+pub mod build;
 pub mod checks;
 pub mod client;
 pub mod env;
@@ -14,6 +16,6 @@ pub mod pgss;
 pub mod report;
 pub mod target;
 
-pub use env::{EnvOptions, KataEnv, RunningApp};
-pub use report::{Check, Report};
+pub use env::{EnvOptions, KataEnv};
+pub use report::{Check, Report, Status, Verdict};
 pub use target::{Implementation, StageId, Target};

@@ -57,14 +57,21 @@ enum Command {
         hours: u64,
     },
     /// Run the checks of every stage up to STAGE against a target and report what was measured.
+    /// Exit code: 0 the bar passes, 1 a check failed, 3 not proven (nothing failed, but some
+    /// checks could not be run against this target), 2 the checker itself could not run.
     Verify {
         /// The bar: stage-0 (reproduces the N+1) … stage-3 (rate-limited).
         stage: StageId,
         /// What to verify: a reference stage or your workbench (default: the bar's reference).
-        #[arg(long, value_enum, conflicts_with = "url")]
+        /// The checker builds it with cargo and starts it as its own process.
+        #[arg(long, value_enum, conflicts_with_all = ["url", "cmd"])]
         target: Option<Implementation>,
-        /// Verify a running implementation instead (any language), pointed at the same
-        /// DATABASE_URL and REDIS_URL as the checker. Give it twice for the two-instance check.
+        /// Any implementation, in any language: the checker starts this shell command itself
+        /// (with DATABASE_URL, REDIS_URL, JWT_SECRET and LISTEN_ADDR set), as often as it needs.
+        #[arg(long, conflicts_with = "url")]
+        cmd: Option<String>,
+        /// A service you started yourself against the checker's DATABASE_URL and REDIS_URL. What
+        /// needs the process in hand (a second instance, a Redis outage) is reported as not proven.
         #[arg(long)]
         url: Vec<String>,
         #[arg(long, value_enum, default_value = "text")]
@@ -96,6 +103,14 @@ enum Command {
     },
     /// Which bars your workbench passes, and what to read next.
     Status {
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// Re-check your workbench on every save: the compile error, or the first failing check with
+    /// its evidence, or the bar it now passes. Ctrl-C stops it and everything it started.
+    Watch {
+        /// Only this bar (default: each bar in turn, up to the first one the workbench fails).
+        bar: Option<StageId>,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -175,49 +190,75 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 feed_core::auth::JwtKeys::new(&secret).mint(user, tier, std::time::Duration::from_secs(hours * 3600))
             );
         }
-        Command::Verify { stage, target, url, format, profile, services } => {
-            let target = if url.is_empty() {
-                Target::Local(target.unwrap_or(Implementation::reference(stage)))
-            } else {
-                // The implementation and the checker must share the database and Redis, or the
-                // checker would measure servers the implementation never talks to.
-                anyhow::ensure!(
-                    ["DATABASE_URL", "REDIS_URL"].iter().all(|v| std::env::var(v).is_ok_and(|v| !v.is_empty())),
-                    "--url needs DATABASE_URL and REDIS_URL set to the servers your implementation uses \
-                     (run `checker up --serve none` and export what it prints)"
-                );
-                Target::Urls(url)
+        Command::Verify { stage, target, cmd, url, format, profile, services } => {
+            let target = match (cmd, url.is_empty()) {
+                (Some(cmd), _) => Target::Cmd(cmd),
+                (None, true) => Target::Implementation(target.unwrap_or(Implementation::reference(stage))),
+                (None, false) => {
+                    // The implementation and the checker must share the database and Redis, or the
+                    // checker would measure servers the implementation never talks to.
+                    anyhow::ensure!(
+                        ["DATABASE_URL", "REDIS_URL"].iter().all(|v| std::env::var(v).is_ok_and(|v| !v.is_empty())),
+                        "--url needs DATABASE_URL and REDIS_URL set to the servers your implementation uses \
+                         (run `cargo kata up --serve none` and export what it prints), or use --cmd and let \
+                         the checker start it"
+                    );
+                    Target::Urls(url)
+                }
             };
             if format == Format::Text {
                 eprintln!("starting services and seeding the {} profile…", profile.name());
             }
-            let mut env =
-                KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
+            let mut env = KataEnv::start(EnvOptions {
+                profile,
+                db_latency_ms: services.db_latency_ms,
+                honour_env: true,
+                ..EnvOptions::default()
+            })
+            .await?;
             let report = checker::checks::verify(&mut env, stage, target).await?;
             match format {
                 Format::Text => print!("{}", report.to_text()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             }
-            return Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            return Ok(ExitCode::from(report.verdict.exit_code()));
         }
         Command::Hint { stage, restart } => print!("{}", checker::learner::next_hint(stage, restart)?),
         Command::Status { services } => {
             eprintln!("starting services and grading workbench/ against each bar…");
-            let options =
-                EnvOptions { profile: Profile::Small, db_latency_ms: services.db_latency_ms, honour_env: true };
-            let mut env = KataEnv::start(options).await?;
+            let mut env = KataEnv::start(small(&services)).await?;
             let (table, all_pass) = checker::learner::status(&mut env).await?;
             print!("{table}");
             return Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
+        Command::Watch { bar, services } => {
+            eprintln!("starting services; then watching workbench/ (Ctrl-C stops)…");
+            let mut env = KataEnv::start(small(&services)).await?;
+            checker::learner::watch(&mut env, bar).await?;
+        }
         Command::Reset { what: _, yes } => return reset_workbench(yes),
         Command::Explain { stage, user, profile, services } => {
-            let env =
-                KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
+            let env = KataEnv::start(EnvOptions {
+                profile,
+                db_latency_ms: services.db_latency_ms,
+                honour_env: true,
+                ..EnvOptions::default()
+            })
+            .await?;
             print!("{}", checker::explain::on_demand(&env, stage, user).await?);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The small profile, for the learner's quick loops (status, watch).
+fn small(services: &ServiceArgs) -> EnvOptions {
+    EnvOptions {
+        profile: Profile::Small,
+        db_latency_ms: services.db_latency_ms,
+        honour_env: true,
+        ..EnvOptions::default()
+    }
 }
 
 fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
@@ -233,7 +274,7 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
     println!("They will be copied to {} before being replaced.", backup.display());
     if !yes {
         if !std::io::stdin().is_terminal() {
-            println!("Not replacing anything without a yes: run `checker reset workbench --yes` to confirm.");
+            println!("Not replacing anything without a yes: run `cargo kata reset workbench --yes` to confirm.");
             return Ok(ExitCode::FAILURE);
         }
         print!("Replace them with stage-0? [y/N] ");
@@ -252,7 +293,13 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
 
 async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, services: ServiceArgs) -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL and Redis (or using DATABASE_URL / REDIS_URL) and seeding {}…", profile.name());
-    let env = KataEnv::start(EnvOptions { profile, db_latency_ms: services.db_latency_ms, honour_env: true }).await?;
+    let env = KataEnv::start(EnvOptions {
+        profile,
+        db_latency_ms: services.db_latency_ms,
+        honour_env: true,
+        ..EnvOptions::default()
+    })
+    .await?;
     let s = &env.services;
     println!("# services are up; in another shell:");
     println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);
@@ -274,13 +321,12 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
     let token = env.keys.mint(user, Tier::Free, std::time::Duration::from_secs(24 * 3600));
     let _server = match stage {
         Some(stage) => {
-            let ctx = feed_core::Context::connect(feed_core::Config { listen, ..env.app_config() }).await?;
-            let app = feed_core::router(&ctx, stage.build(ctx.clone()).await?);
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .with_context(|| format!("binding {listen} (use --listen to pick another address)"))?;
-            println!("# {} is serving on http://{listen}; try it:", stage.name());
-            Some(tokio::spawn(feed_core::serve(listener, app, std::future::pending())))
+            feed_core::db::reset_to_core_schema(&env.admin).await?;
+            let server = env.spawn_with(stage, &[("LISTEN_ADDR", &listen.to_string())]).await.with_context(|| {
+                format!("starting {} on {listen} (use --listen to pick another address)", stage.name())
+            })?;
+            println!("# {} is serving on {}; try it:", stage.name(), server.base_url);
+            Some(server)
         }
         None => {
             println!(

@@ -7,13 +7,60 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
+/// What became of one check. Only `Pass` counts towards a bar; nothing else is a pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Its premise is absent (no cached timeline to invalidate, no cache to lose): it proves
+    /// nothing either way, and the summary says why.
+    NotApplicable,
+    /// It cannot be measured against this kind of target (a service somebody else started: the
+    /// checker cannot stop its Redis or start a second instance).
+    NotProven,
+    /// An earlier failure (it does not compile, it never became ready) stopped the run.
+    NotRun,
+}
+
+impl Status {
+    fn mark(self) -> &'static str {
+        match self {
+            Self::Pass => "PASS",
+            Self::Fail => "FAIL",
+            Self::NotApplicable => "N/A",
+            Self::NotProven => "UNPROVEN",
+            Self::NotRun => "NOT RUN",
+        }
+    }
+}
+
+/// The bar's outcome, and `verify`'s exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every check passed (exit 0).
+    Pass,
+    /// At least one check failed (exit 1).
+    Fail,
+    /// Nothing failed, but not every check could be run or applied (exit 3): not a pass.
+    NotProven,
+}
+
+impl Verdict {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Self::Pass => 0,
+            Self::Fail => 1,
+            Self::NotProven => 3,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: String,
-    pub passed: bool,
-    /// Not run (for example: it needs a second instance, or a Redis the checker owns).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub skipped: bool,
+    pub status: Status,
     pub measured: Value,
     pub expected: Value,
     /// One line a learner reads first.
@@ -37,8 +84,7 @@ impl Check {
     ) -> Self {
         Self {
             name: name.to_owned(),
-            passed,
-            skipped: false,
+            status: if passed { Status::Pass } else { Status::Fail },
             measured: serde_json::to_value(measured).unwrap_or(Value::Null),
             expected: serde_json::to_value(expected).unwrap_or(Value::Null),
             summary: summary.into(),
@@ -48,8 +94,26 @@ impl Check {
         }
     }
 
-    pub fn skipped(name: &str, why: impl Into<String>) -> Self {
-        Self { skipped: true, passed: true, ..Self::new(name, true, Value::Null, Value::Null, why) }
+    fn with_status(name: &str, status: Status, why: impl Into<String>) -> Self {
+        Self { status, ..Self::new(name, false, Value::Null, Value::Null, why) }
+    }
+
+    /// Cannot be measured against this target; `why` says what would prove it.
+    pub fn not_proven(name: &str, why: impl Into<String>) -> Self {
+        Self::with_status(name, Status::NotProven, why)
+    }
+
+    /// Its premise is absent; `why` names what is missing.
+    pub fn not_applicable(name: &str, why: impl Into<String>) -> Self {
+        Self::with_status(name, Status::NotApplicable, why)
+    }
+
+    pub fn not_run(name: &str, why: impl Into<String>) -> Self {
+        Self::with_status(name, Status::NotRun, why)
+    }
+
+    pub fn passed(&self) -> bool {
+        self.status == Status::Pass
     }
 
     /// A check that could not be measured because something went wrong on the way.
@@ -59,7 +123,7 @@ impl Check {
 
     /// Evidence is kept for failed checks only: a pass needs none, and a failure needs all of it.
     pub fn evidence(mut self, evidence: impl Into<String>) -> Self {
-        if !self.passed {
+        if self.status == Status::Fail {
             self.evidence = Some(evidence.into());
         }
         self
@@ -67,7 +131,7 @@ impl Check {
 
     /// Hint and doc are shown only when the check fails.
     pub fn on_failure(mut self, hint: &str, doc: &str) -> Self {
-        if !self.passed {
+        if self.status == Status::Fail {
             self.hint = Some(hint.to_owned());
             self.doc = Some(doc.to_owned());
         }
@@ -80,6 +144,8 @@ pub struct Report {
     /// The bar: `verify stage-N` runs the checks of stages 0..=N.
     pub stage: String,
     pub target: String,
+    pub verdict: Verdict,
+    /// True only when every check passed.
     pub passed: bool,
     pub checks: Vec<Check>,
     pub metrics: BTreeMap<String, Value>,
@@ -95,6 +161,7 @@ impl Report {
         Self {
             stage: stage.to_owned(),
             target: target.to_owned(),
+            verdict: Verdict::Fail,
             passed: false,
             checks: Vec::new(),
             metrics: BTreeMap::new(),
@@ -105,7 +172,14 @@ impl Report {
 
     pub fn push(&mut self, check: Check) {
         self.checks.push(check);
-        self.passed = self.checks.iter().all(|c| c.passed);
+        self.verdict = if self.checks.iter().any(|c| c.status == Status::Fail) {
+            Verdict::Fail
+        } else if self.checks.iter().all(Check::passed) {
+            Verdict::Pass
+        } else {
+            Verdict::NotProven
+        };
+        self.passed = self.verdict == Verdict::Pass;
     }
 
     pub fn metric(&mut self, name: &str, value: impl Serialize) {
@@ -113,7 +187,12 @@ impl Report {
     }
 
     pub fn failed(&self) -> impl Iterator<Item = &Check> {
-        self.checks.iter().filter(|c| !c.passed)
+        self.checks.iter().filter(|c| c.status == Status::Fail)
+    }
+
+    /// Checks neither passed nor failed: not applicable, not proven, not run.
+    pub fn unresolved(&self) -> impl Iterator<Item = &Check> {
+        self.checks.iter().filter(|c| !matches!(c.status, Status::Pass | Status::Fail))
     }
 
     /// The text a learner reads.
@@ -123,15 +202,8 @@ impl Report {
         let _ = writeln!(out, "checker verify {} --target {}   ({})", self.stage, self.target, env.join(", "));
         out.push('\n');
         for check in &self.checks {
-            let mark = if check.skipped {
-                "SKIP"
-            } else if check.passed {
-                "PASS"
-            } else {
-                "FAIL"
-            };
-            let _ = writeln!(out, "  {mark}  {:<30} {}", check.name, check.summary);
-            if !check.passed || check.skipped {
+            let _ = writeln!(out, "  {:<8}  {:<30} {}", check.status.mark(), check.name, check.summary);
+            if check.status == Status::Fail {
                 if let Some(evidence) = &check.evidence {
                     for line in evidence.lines() {
                         let _ = writeln!(out, "          | {line}");
@@ -160,25 +232,33 @@ impl Report {
         }
         out.push('\n');
         let failed = self.failed().count();
-        let skipped = self.checks.iter().filter(|c| c.skipped).count();
-        if failed == 0 && skipped > 0 {
-            let _ = writeln!(
-                out,
-                "{}: {} checks passed, {skipped} skipped (not measured; see SKIP above).",
-                self.stage,
-                self.checks.len() - skipped
-            );
-        } else if failed == 0 {
-            let _ = writeln!(out, "{}: all {} checks passed.", self.stage, self.checks.len());
-        } else {
-            let first = self.failed().next().and_then(|c| c.doc.clone()).unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{}: {failed} of {} checks failed. Next: read {first}, or run `checker hint {}` for a nudge.",
-                self.stage,
-                self.checks.len(),
-                self.stage
-            );
+        let unresolved = self.unresolved().count();
+        let total = self.checks.len();
+        match self.verdict {
+            Verdict::Pass => {
+                let _ = writeln!(out, "{}: all {total} checks passed.", self.stage);
+            }
+            Verdict::Fail => {
+                let first = self.failed().next().and_then(|c| c.doc.clone()).unwrap_or_default();
+                let others =
+                    if unresolved > 0 { format!(" ({unresolved} not run or not applicable)") } else { String::new() };
+                let _ = writeln!(
+                    out,
+                    "{}: {failed} of {total} checks failed{others}. Next: read {first}, or run `cargo kata hint` for a nudge.",
+                    self.stage
+                );
+            }
+            Verdict::NotProven => {
+                let _ = writeln!(
+                    out,
+                    "{}: NOT PROVEN. {} of {total} checks passed and none failed, but {unresolved} could not be measured \
+                     (see above). To prove the whole bar, let the checker start the service itself: \
+                     `cargo kata verify {} --cmd \"<command that starts it>\"`.",
+                    self.stage,
+                    total - unresolved,
+                    self.stage
+                );
+            }
         }
         out
     }

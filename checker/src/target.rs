@@ -1,4 +1,5 @@
-//! What is being verified: a reference stage run in-process, or any implementation by URL.
+//! What is being verified: a stage or the workbench (built and started by the checker), any
+//! command (started by the checker), or a service somebody else runs (by URL).
 
 /// The reference stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
@@ -31,7 +32,7 @@ impl std::fmt::Display for StageId {
     }
 }
 
-/// An implementation the checker can start in-process: a reference stage, or your workbench.
+/// An implementation in this workspace, built with cargo and started as its own process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 pub enum Implementation {
     #[value(name = "stage-0", alias = "0")]
@@ -51,6 +52,7 @@ pub enum Implementation {
 }
 
 impl Implementation {
+    /// Its cargo package, which is also the name of its binary.
     pub fn name(self) -> &'static str {
         ["stage-0", "stage-1", "stage-2", "stage-3", "workbench"][self as usize]
     }
@@ -59,36 +61,37 @@ impl Implementation {
     pub fn reference(stage: StageId) -> Self {
         [Self::Stage0, Self::Stage1, Self::Stage2, Self::Stage3][stage as usize]
     }
-
-    /// Build the app with its default settings.
-    pub async fn build(self, ctx: feed_core::Context) -> anyhow::Result<feed_core::Stage> {
-        match self {
-            Self::Stage0 => stage_0::stage(ctx).await,
-            Self::Stage1 => stage_1::stage(ctx).await,
-            Self::Stage2 => stage_2::stage(ctx, stage_2::CacheConfig::default()).await,
-            Self::Stage3 => {
-                stage_3::stage(ctx, stage_2::CacheConfig::default(), stage_3::RateLimitConfig::default()).await
-            }
-            Self::Workbench => workbench::stage(ctx).await,
-        }
-    }
 }
 
 /// The implementation under test.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// Started in this process against the checker's services.
-    Local(Implementation),
-    /// Running implementations (any language) at these base URLs, sharing the checker's
-    /// `DATABASE_URL` and `REDIS_URL`. A second URL enables the two-instance rate-limit check.
+    /// Built with cargo from this workspace and started by the checker.
+    Implementation(Implementation),
+    /// Any program (any language), started by the checker with `sh -c`: the full suite runs,
+    /// because the checker owns the process and the services around it.
+    Cmd(String),
+    /// Implementations somebody else started, at these base URLs, sharing the checker's
+    /// `DATABASE_URL` and `REDIS_URL`. What needs the process or the services in hand (a second
+    /// instance, stopping Redis, a race held in the database proxy) cannot be proven this way.
     Urls(Vec<String>),
 }
 
-impl std::fmt::Display for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl Target {
+    /// What the report calls it.
+    pub fn label(&self) -> String {
         match self {
-            Self::Local(implementation) => f.write_str(implementation.name()),
-            Self::Urls(urls) => f.write_str(&urls.join(",")),
+            Self::Implementation(implementation) => implementation.name().to_owned(),
+            Self::Cmd(command) => format!("--cmd {command:?}"),
+            Self::Urls(urls) => urls.join(","),
+        }
+    }
+
+    /// "stage-1", or "the target" for anything outside the workspace.
+    pub fn short_name(&self) -> &str {
+        match self {
+            Self::Implementation(implementation) => implementation.name(),
+            _ => "the target",
         }
     }
 }

@@ -80,8 +80,7 @@ async fn a_stopped_database_gives_503_problem_json_not_a_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_closed_limiter_answers_503_while_redis_is_down_and_exempts_internal() {
     let mut env = env().await;
-    let closed = stage_3::RateLimitConfig { on_redis_error: stage_3::OnRedisError::Closed, ..Default::default() };
-    let app = env.spawn_with(|ctx| stage_3::stage(ctx, stage_2::CacheConfig::default(), closed)).await.unwrap();
+    let app = env.spawn_with(Implementation::Stage3, &[("RATE_LIMIT_ON_REDIS_ERROR", "closed")]).await.unwrap();
     let api = Api::new(&app.base_url);
     let free = env.token(7, Tier::Free);
     assert_eq!(api.feed(&free, "").await.unwrap().status, 200);

@@ -4,7 +4,7 @@
 //! share a pg_stat_statements view or a Redis keyspace. Numbers that are exact in the lesson are
 //! asserted exactly; what a learner reads is snapshotted with timings and ids redacted.
 
-use checker::{EnvOptions, Implementation, KataEnv, Report, StageId, Target};
+use checker::{EnvOptions, Implementation, KataEnv, Report, StageId, Target, Verdict};
 
 async fn env() -> KataEnv {
     // `honour_env: false`: a developer's DATABASE_URL must never be reseeded by the tests.
@@ -13,7 +13,15 @@ async fn env() -> KataEnv {
 
 async fn verify(bar: StageId, target: Implementation) -> Report {
     let mut env = env().await;
-    checker::checks::verify(&mut env, bar, Target::Local(target)).await.expect("verify runs")
+    checker::checks::verify(&mut env, bar, Target::Implementation(target)).await.expect("verify runs")
+}
+
+/// Every report lists `builds`, `starts` and then each planned check of its bar, in order.
+fn assert_all_checks_ran(report: &Report, bar: StageId) {
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    let mut planned = vec!["builds", "starts"];
+    planned.extend(checker::checks::planned(bar));
+    assert_eq!(names, planned);
 }
 
 fn metric(report: &Report, name: &str) -> f64 {
@@ -41,6 +49,7 @@ macro_rules! assert_report_snapshot {
                 (r"(?m)^(\s*)Buffers: .*$", "${1}Buffers: [buffers]"),
                 (r"(?m)^(\s*)Planning:\n\s*Buffers: \[buffers\]\n", ""),
                 (r"(in|×) [\d.]+ s", "$1 [s] s"),
+                (r"[\d.]+ s after start", "[s] s after start"),
                 (r"\d+ admitted, \d+ limited", "[n] admitted, [n] limited"),
                 (r"expected (\d+)\.\.=\d+", "expected $1..=[max]"),
                 (r"after \d+ attempt\(s\)", "after [n] attempt(s)"),
@@ -55,6 +64,7 @@ macro_rules! assert_report_snapshot {
 async fn stage_0_makes_21_statements_per_feed_request() {
     let report = verify(StageId::Stage0, Implementation::Stage0).await;
     assert!(report.passed, "{}", report.to_text());
+    assert_all_checks_ran(&report, StageId::Stage0);
     assert_eq!(metric(&report, "queries_per_request"), 21.0);
     assert_report_snapshot!("stage_0_report", report);
 }
@@ -63,6 +73,7 @@ async fn stage_0_makes_21_statements_per_feed_request() {
 async fn stage_1_makes_one_statement_using_the_timeline_index() {
     let report = verify(StageId::Stage1, Implementation::Stage1).await;
     assert!(report.passed, "{}", report.to_text());
+    assert_all_checks_ran(&report, StageId::Stage1);
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     let plan = report.checks.iter().find(|c| c.name == "plan.uses_timeline_index").expect("plan check ran");
     insta::assert_yaml_snapshot!("stage_1_plan_shape", plan.measured["shape"]);
@@ -70,11 +81,12 @@ async fn stage_1_makes_one_statement_using_the_timeline_index() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stage_1_bar_fails_stage_0_and_names_the_n_plus_one() {
+async fn stage_1_bar_fails_stage_0_on_the_n_plus_one_and_the_missing_index() {
     let report = verify(StageId::Stage1, Implementation::Stage0).await;
     assert!(!report.passed);
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
-    assert_eq!(failed, ["queries_per_request"]);
+    // Two causes to find: 21 statements, and a posts query without its index (Seq Scan + Sort).
+    assert_eq!(failed, ["queries_per_request", "plan.uses_timeline_index"]);
     let check = report.failed().next().unwrap();
     assert_eq!(
         check.summary,
@@ -88,6 +100,7 @@ async fn stage_1_bar_fails_stage_0_and_names_the_n_plus_one() {
 async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
     let report = verify(StageId::Stage2, Implementation::Stage2).await;
     assert!(report.passed, "{}", report.to_text());
+    assert_all_checks_ran(&report, StageId::Stage2);
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     assert!(metric(&report, "hit_ratio") >= 0.95);
     assert_eq!(metric(&report, "stampede_statements"), 1.0);
@@ -111,6 +124,7 @@ async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
 async fn stage_3_admits_one_bucket_per_user_however_the_burst_arrives() {
     let report = verify(StageId::Stage3, Implementation::Stage3).await;
     assert!(report.passed, "{}", report.to_text());
+    assert_all_checks_ran(&report, StageId::Stage3);
     for burst in ["burst", "two_instance", "spoofed_burst"] {
         // Exactly the bucket, plus what refilled during that burst's own measured duration.
         let admitted = metric(&report, &format!("{burst}_admitted"));
@@ -145,7 +159,13 @@ async fn any_implementation_is_graded_by_url_alone() {
     let external = env.spawn(Implementation::Stage2).await.unwrap();
     let target = Target::Urls(vec![external.base_url.clone()]);
     let report = checker::checks::verify(&mut env, StageId::Stage2, target).await.unwrap();
-    assert!(report.passed, "{}", report.to_text());
+    assert_eq!(report.failed().count(), 0, "{}", report.to_text());
+    // What needs the process in hand is not proven, and so neither is the bar: never a pass.
+    let unproven: Vec<&str> = report.unresolved().map(|c| c.name.as_str()).collect();
+    assert_eq!(unproven, ["redis_down"]);
+    assert_eq!(report.verdict, Verdict::NotProven);
+    assert_eq!(report.verdict.exit_code(), 3);
+    assert!(report.to_text().contains("stage-2: NOT PROVEN"), "{}", report.to_text());
     assert_eq!(report.target, external.base_url);
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     assert_eq!(metric(&report, "stampede_statements"), 1.0);

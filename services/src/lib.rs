@@ -6,10 +6,12 @@
 //! service under test talks to a real `postgres` with `pg_stat_statements` preloaded and a real
 //! `redis-server`.
 
+mod app_process;
 mod postgres;
 mod proxy;
 mod redis_server;
 
+pub use app_process::{AppProcess, Launch, StartFailure};
 pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
 pub use redis_server::RedisServer;

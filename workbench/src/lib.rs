@@ -1,5 +1,5 @@
 //! Your workbench: it starts as stage-0. Change `feed.rs` (and this file, for stage-2 and
-//! stage-3) until `cargo kata verify stage-N` passes.
+//! stage-3) until `cargo kata verify stage-N --target workbench` passes.
 
 mod feed;
 

@@ -11,9 +11,12 @@ use feed_core::api::{Author, Feed, FeedItem};
 use feed_core::auth::Tier;
 use serde_json::Value;
 
+use kata_services::{AppProcess, Launch};
+
+use crate::build::Built;
 use crate::client::Api;
-use crate::env::{KataEnv, RunningApp};
-use crate::report::Report;
+use crate::env::KataEnv;
+use crate::report::{Check, Report};
 use crate::{StageId, Target};
 
 /// Everything a check needs.
@@ -25,7 +28,10 @@ pub struct Run<'a> {
     pub api: Api,
     pub second: Option<Api>,
     pub users: Users,
-    _apps: Vec<RunningApp>,
+    /// How the checker starts the target; `None` when somebody else runs it (`--url`).
+    pub launch: Option<Launch>,
+    /// The processes started for this run; they stop when the run ends.
+    _instances: Vec<AppProcess>,
 }
 
 /// Disjoint sets of seeded users, so one check's cache entries or token buckets never leak into
@@ -76,35 +82,113 @@ impl Users {
     }
 }
 
+/// The checks of each bar, in the order `verify` runs them (before them: `builds` for a cargo
+/// target, `starts` for anything the checker starts).
+pub fn planned(bar: StageId) -> Vec<&'static str> {
+    let mut names = vec!["feed.matches_oracle", "errors.problem_json", "posts.read_back", "queries_per_request"];
+    if bar >= StageId::Stage1 {
+        names.extend(["plan.uses_timeline_index", "equivalence.stage_0"]);
+    }
+    if bar >= StageId::Stage2 {
+        names.extend(cache::CHECKS);
+    }
+    if bar >= StageId::Stage3 {
+        names.extend(rate_limit::CHECKS);
+    }
+    if bar >= StageId::Stage2 {
+        names.push("redis_down");
+    }
+    names
+}
+
 /// Run the checks of stages 0..=`bar` against `target`.
 pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::Result<Report> {
+    let mut report = Report::new(bar.name(), &target.label());
+    report.environment.insert("db_latency_ms_per_direction".into(), env.services.db_latency_ms.into());
+    report.environment.insert("db_round_trip_ms".into(), ((env.db_round_trip_ms * 100.0).round() / 100.0).into());
+    report.environment.insert("profile".into(), env.options.profile.name().into());
+    let not_run = |report: &mut Report, why: &str| {
+        for name in planned(bar) {
+            report.push(Check::not_run(name, why));
+        }
+    };
+
+    let launch = match &target {
+        Target::Implementation(implementation) => match crate::build::build(implementation.name())? {
+            Built::Binary(program) => {
+                report.push(Check::new(
+                    "builds",
+                    true,
+                    true,
+                    true,
+                    format!("cargo build -p {}", implementation.name()),
+                ));
+                Some(Launch::Program { program, args: Vec::new() })
+            }
+            Built::CompileError(error) => {
+                report.push(
+                    Check::new("builds", false, false, true, format!("{} does not compile", implementation.name()))
+                        .evidence(error)
+                        .on_failure(
+                            "fix the first compiler error; the others often follow from it",
+                            "the compiler's message above",
+                        ),
+                );
+                not_run(&mut report, "it does not compile");
+                return Ok(report);
+            }
+        },
+        Target::Cmd(command) => Some(Launch::Shell(command.clone())),
+        Target::Urls(_) => None,
+    };
     let users = Users::load(env).await?;
-    // Each implementation runs on the schema its own migrations give it, nothing left over.
-    feed_core::db::reset_to_core_schema(&env.admin).await?;
     env.flush_redis().await?;
-    let mut apps = Vec::new();
-    let (api, second) = match &target {
-        Target::Local(stage) => {
-            let first = env.spawn(*stage).await?;
+    let mut instances = Vec::new();
+    let (api, second) = match (&launch, &target) {
+        (Some(launch), _) => {
+            // Each implementation runs on the schema its own migrations give it, nothing left over.
+            feed_core::db::reset_to_core_schema(&env.admin).await?;
+            let started = std::time::Instant::now();
+            let first = match env.start_app(launch, &[]).await {
+                Ok(first) => first,
+                Err(e) => {
+                    report.push(
+                        Check::new("starts", false, false, true, "it did not become ready")
+                            .evidence(format!("{e:#}"))
+                            .on_failure(
+                                "it must listen on LISTEN_ADDR and answer GET /ready with 200 once Postgres (DATABASE_URL) and Redis (REDIS_URL) answer",
+                                "docs/api.md",
+                            ),
+                    );
+                    not_run(&mut report, "it did not start");
+                    return Ok(report);
+                }
+            };
+            report.push(Check::new(
+                "starts",
+                true,
+                true,
+                true,
+                format!("ready (GET /ready 200) {:.1} s after start", started.elapsed().as_secs_f64()),
+            ));
             let api = Api::new(&first.base_url);
-            apps.push(first);
-            let second = if bar >= StageId::Stage3 {
-                let app = env.spawn(*stage).await?;
+            instances.push(first);
+            // A second instance sharing the same Postgres and Redis: what one instance writes,
+            // the other must see (cache), and what one admits, the other must count (limiter).
+            let second = if bar >= StageId::Stage2 {
+                let app = env.start_app(launch, &[]).await?;
                 let api = Api::new(&app.base_url);
-                apps.push(app);
+                instances.push(app);
                 Some(api)
             } else {
                 None
             };
             (api, second)
         }
-        Target::Urls(urls) => (Api::new(&urls[0]), urls.get(1).map(|u| Api::new(u))),
+        (None, Target::Urls(urls)) => (Api::new(&urls[0]), urls.get(1).map(|u| Api::new(u))),
+        (None, _) => unreachable!("every target but --url has a launch"),
     };
-    let mut report = Report::new(bar.name(), &target.to_string());
-    report.environment.insert("db_latency_ms_per_direction".into(), env.services.db_latency_ms.into());
-    report.environment.insert("db_round_trip_ms".into(), ((env.db_round_trip_ms * 100.0).round() / 100.0).into());
-    report.environment.insert("profile".into(), env.options.profile.name().into());
-    let mut run = Run { env, bar, target, api, second, users, _apps: apps };
+    let mut run = Run { env, bar, target, api, second, users, launch, _instances: instances };
 
     contract::run(&mut run, &mut report).await;
     queries::run(&mut run, &mut report).await;

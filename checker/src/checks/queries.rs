@@ -9,7 +9,7 @@ use super::{Run, describe, normalise, percentiles};
 use crate::explain::{PlanNode, explain, shape};
 use crate::pgss::{self, Statement};
 use crate::report::{Check, Report};
-use crate::{Implementation, StageId, Target};
+use crate::{Implementation, StageId};
 
 /// Requests measured for the headline figure: one each for 10 full timelines.
 const REQUESTS: usize = 10;
@@ -188,8 +188,9 @@ async fn plan_check(run: &Run<'_>, report: &mut Report, statements: &[Statement]
 pub async fn equivalence(run: &mut Run<'_>, report: &mut Report) {
     const NAME: &str = "equivalence.stage_0";
     let result: anyhow::Result<Check> = async {
-        let reference = run.env.spawn(Implementation::Stage0).await?;
-        let reference = crate::client::Api::new(&reference.base_url);
+        // stage-0 as its own process beside the target, on the same database.
+        let stage_0 = run.env.spawn(Implementation::Stage0).await?;
+        let reference = crate::client::Api::new(&stage_0.base_url);
         let users = run.users.full(20, 6).iter().chain(&run.users.short[..1]).chain(&run.users.empty[..1]).copied().collect::<Vec<_>>();
         let (mut ours, mut theirs, mut differ) = (Vec::new(), Vec::new(), Vec::new());
         let mut compared = 0;
@@ -220,10 +221,7 @@ pub async fn equivalence(run: &mut Run<'_>, report: &mut Report) {
         report.metric("equivalence_latency_p50_ms", p50);
         report.metric("stage_0_latency_p50_ms", reference_p50);
         let same = compared - differ.len();
-        let target = match &run.target {
-            Target::Local(implementation) => implementation.name().to_owned(),
-            Target::Urls(_) => "the target".to_owned(),
-        };
+        let target = run.target.short_name();
         Ok(Check::new(
             NAME,
             differ.is_empty(),
