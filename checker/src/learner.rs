@@ -5,34 +5,96 @@ use std::path::{Path, PathBuf};
 
 use crate::{Implementation, KataEnv, StageId, Target};
 
-/// Hints per stage, from a nudge to nearly the answer. `checker hint stage-N` reveals one more
-/// each time it is run.
-pub fn hints(stage: StageId) -> &'static [&'static str] {
-    match stage {
-        StageId::Stage0 => &[
-            "Stage-0 is the starting point: it is correct and slow. Run `checker verify stage-0` to see the evidence, then work towards `verify stage-1 --target workbench`.",
-            "Measure before you change anything: `checker explain --stage workbench` lists the statements one burst of feed requests ran, most calls first.",
+/// Hints per check, from a nudge (where to look, what to measure) to the precise fix. A failing
+/// check prints its evidence, not these: `cargo kata hint <check>` reveals one more each time.
+pub fn hints(check: &str) -> &'static [&'static str] {
+    match check {
+        "builds" => &[
+            "Read the compiler's first error only: later ones often follow from it.",
+            "`cargo build -p workbench` shows the same errors with full context; `cargo kata reset workbench` starts over (your files are kept aside).",
         ],
-        StageId::Stage1 => &[
-            "Run `checker explain --stage workbench`. Look at the calls column, not the mean: which statement runs 20 times for 1 feed request?",
+        "starts" => &[
+            "The service must listen on LISTEN_ADDR and answer GET /ready with 200 once Postgres and Redis answer. The evidence shows its last output.",
+            "Run it by hand with the checker's environment: `cargo kata up --serve none` prints what to export.",
+        ],
+        "feed.matches_oracle" | "equivalence.stage_0" => &[
+            "The evidence lists the users and page sizes where the response differs: compare your feed with the rules in docs/api.md.",
+            "Newest first by created_at; equal created_at: the larger id first. `limit` items at most; the timeline is the posts whose user_id is the caller.",
+            "The order must be `order by p.created_at desc, p.id desc`, and the filter `where p.user_id = $1`. Posts can share a created_at (the seed data has ties).",
+        ],
+        "errors.problem_json" => &[
+            "Every error is application/problem+json with title, status and detail; the evidence names the requests that were not.",
+            "Errors come from core's ApiError and Problem: return them instead of building responses by hand.",
+        ],
+        "posts.read_back" => &[
+            "A post is written by the caller (author_id from the token) onto the timeline of user_id, and shows first in that timeline's feed.",
+        ],
+        "queries_per_request" => &[
+            "Measure before you change anything: `cargo kata explain --stage workbench` shows the statements one burst of feed requests ran. Look at the calls column, not the mean.",
+            "Which statement runs once per post? Compare its calls with the number of requests, and see how the count changes with ?limit=5 and ?limit=100.",
             "It is the author lookup in workbench/src/feed.rs: `post.author(&self.db)` inside the loop is one round trip to Postgres per post.",
-            "Ask for the authors in the same statement as the posts: `from posts p left join users u on p.author_id = u.id`, selecting u.id, u.name and u.avatar beside the post columns.",
-            "Read the rows into one flat struct (post columns + author_id, author_name, author_avatar) and map it into FeedItem { author: Author { .. } }. Keep `order by p.created_at desc, p.id desc limit $2`: the JSON must stay identical.",
+            "Ask for the authors in the same statement as the posts: `from posts p left join users u on p.author_id = u.id`, selecting u.id, u.name and u.avatar beside the post columns, into one flat row struct mapped into FeedItem { author: Author { .. } }. (Batch loading, `where id = any($1)`, passes too: 2 statements.)",
         ],
-        StageId::Stage2 => &[
-            "Wrap your feed source in a second FeedSource that holds it (a decorator). lib.rs builds `Stage::new(\"workbench\", YourCache::new(inner, ctx.redis, ..))`.",
-            "Read-through on the way in: GET `feed:v1:user:{id}`; on a hit return it without touching Postgres; on a miss ask the inner source and SET the JSON with `EX <ttl>`. Cache the largest page (100) and slice per request.",
-            "TTL: new posts must show at once (so invalidate on write), names and avatars may be a few minutes stale: 300 s, times a random factor between 0.9 and 1.1 so keys filled together expire apart.",
-            "Invalidation: implement `timeline_changed` and DEL the owner's key. The core calls it after every successful POST /api/posts.",
-            "Stampede: on a miss, `SET feed:v1:user:{id}:lock <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls GET every ~20 ms for up to a second.",
-            "Redis failure: wrap each Redis call in `feed_core::app::redis_call` (a 250 ms deadline) and on any error read the inner source: a cache outage must never become a 5xx.",
+        "plan.uses_timeline_index" => &[
+            "Read the plan in the evidence from the innermost node out: how is posts read, and how many rows are removed or sorted to keep 20?",
+            "`EXPLAIN (ANALYZE, BUFFERS)` of the posts query at the medium profile (`cargo kata explain --stage workbench --profile medium`) shows the same thing at a size where it hurts.",
+            "The query filters by user_id and orders by created_at desc, id desc: an index with exactly those columns, in that order and direction, lets Postgres read the first N entries and stop.",
+            "Add workbench/migrations/0001_timeline_index.sql with `create index idx_posts_user_created on posts (user_id, created_at desc, id desc);` (lib.rs applies workbench/migrations at start). Keep `limit $2` in the statement.",
         ],
-        StageId::Stage3 => &[
-            "Add a layer around the API routes: `Stage::with_api_layer(|api| api.layer(axum::middleware::from_fn_with_state(bucket, your_fn)))`. The core authenticates before your layer runs.",
-            "Key the bucket by the caller's id: take `feed_core::auth::AuthUser` as an argument of your middleware. Never by an address or X-Forwarded-For.",
-            "One Lua script does it atomically in one round trip: TIME, HMGET tokens/at, refill by elapsed × rate (capped at the burst), take 1 if ≥ 1, HSET, PEXPIRE. GET-then-SET from Rust admits too many under concurrency.",
-            "Tiers from `AuthUser::tier`: free 60/min with a bucket of 60, pro 600/min with 100, internal exempt. Over the limit: 429, `Retry-After: <whole seconds ≥ 1>`, problem+json, and RateLimit-Policy / RateLimit headers on every response.",
+        "cache.hit_ratio" | "cache.warm_read_statements" => &[
+            "A repeated read of the same feed should not reach Postgres. The evidence shows how many did.",
+            "Wrap your feed source in a second FeedSource that holds it (a decorator): lib.rs builds `Stage::new(\"workbench\", YourCache::new(inner, ctx.redis, ..))`.",
+            "Cache-aside: GET `feed:v1:user:{id}`; on a hit return it without touching Postgres; on a miss ask the inner source and SET the JSON with `EX <ttl>`. Cache the largest page (100) and slice per request.",
         ],
+        "cache.ttl_jitter" => &[
+            "How stale may a cached feed be? New posts are invalidated on write; only names and avatars can be stale until the TTL. Let that decide the TTL.",
+            "Keys filled at the same moment expire at the same moment, and their misses arrive together. The evidence shows the spread of the TTLs.",
+            "300 s, times a random factor between 0.9 and 1.1 per key (`SET … EX <ttl>`).",
+        ],
+        "cache.invalidation" => &[
+            "After a 201 from POST /api/posts, the owner's next read (any page size, any instance) must show the post first. Which cached entries still hold the old page?",
+            "Implement `timeline_changed` on your cache: the core calls it after every successful insert. Delete every entry that holds the owner's timeline (one key for all page sizes makes this one DEL).",
+        ],
+        "cache.race_fill_vs_post" => &[
+            "Replay it: a read misses and queries Postgres; before its reply arrives, a post commits and invalidates; then the read stores what it read. What is in the cache now?",
+            "A fill must only write if nothing invalidated the key since the fill began. Something the post deletes can tell the fill.",
+            "Take the stampede lock with a random token; invalidation deletes the value *and* the lock; the fill writes with a Lua script that SETs only if the lock still holds its token.",
+        ],
+        "cache.race_read_during_post" => &[
+            "Replay it: the post deletes the cached page, then inserts. A read in between misses and refills from Postgres. Which page does it store?",
+            "Invalidate after the insert has committed, never before: the core's `timeline_changed` hook runs after the insert.",
+        ],
+        "cache.stampede" => &[
+            "When a popular key is missing, how many requests recompute it at once? The evidence counts the statements for 120 concurrent reads of one cold feed.",
+            "Let one request recompute a missing key while the others wait for its value, across every instance (so the lock lives in Redis).",
+            "On a miss: `SET feed:v1:user:{id}:lock <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls GET every ~20 ms for up to a second, then reads Postgres.",
+        ],
+        "redis_down" => &[
+            "The cache is an optimisation: with Redis stopped, the feed must still answer 200 from Postgres, and hits must come back when Redis does, without a restart.",
+            "Wrap each Redis call in `feed_core::app::redis_call` (a deadline) and treat any error as a miss: read the inner source, log and count it, never answer 5xx.",
+        ],
+        "ratelimit.burst" | "ratelimit.refill" => &[
+            "A token bucket: a burst up to its size, then a steady rate. The evidence shows how many of a burst were admitted, and how many a wait of a few seconds gave back.",
+            "Keep the bucket in Redis, per user: tokens and the time of the last update. Refill by elapsed × rate (capped at the size) on every request, then take one.",
+            "One Lua script does it atomically in one round trip: TIME, HMGET tokens/at, refill, take 1 if ≥ 1, HSET, PEXPIRE. Over the limit: 429, `Retry-After: <whole seconds ≥ 1>`, problem+json.",
+        ],
+        "ratelimit.two_instances" => &[
+            "Two instances share one Redis. A limiter that counts in process memory gives each instance a bucket of its own.",
+            "Keep the bucket in Redis, keyed by the user id, so every instance charges the same one.",
+        ],
+        "ratelimit.isolation" => &[
+            "One user's burst must not cost anyone else a token, and a pro user gets a bigger bucket than a free one.",
+            "Key the bucket by the user id from the verified token; size it by `AuthUser::tier`: free 60 (60/min), pro 100 (600/min), internal exempt.",
+        ],
+        "ratelimit.spoofed_headers" => &[
+            "The burst changed X-Forwarded-For on every request. What does your limiter key on?",
+            "Take `feed_core::auth::AuthUser` as an argument of your middleware and key the bucket by its id. Never by an address or a header the client sends.",
+        ],
+        "ratelimit.headers" => &[
+            "Every limited /api response says the policy and where the caller stands: RateLimit-Policy and RateLimit (docs/api.md).",
+            "`RateLimit-Policy: \"free\";q=60;w=60` and `RateLimit: \"free\";r=<tokens left>;t=<seconds>` on every response, 429s included.",
+        ],
+        _ => &[],
     }
 }
 
@@ -44,25 +106,37 @@ pub fn state_dir() -> PathBuf {
     workspace().join(".kata")
 }
 
-/// The next hint for `stage` (all of them so far), remembering how many were shown.
-pub fn next_hint(stage: StageId, reset: bool) -> anyhow::Result<String> {
-    let file = state_dir().join(format!("hints-{}", stage.name()));
+/// The next hint for `check` (all of them so far), remembering how many were shown.
+pub fn next_hint(check: &str, reset: bool) -> anyhow::Result<String> {
+    let all = hints(check);
+    anyhow::ensure!(!all.is_empty(), "no hints for `{check}`; the check names are the ones `verify` prints");
+    let file = state_dir().join(format!("hints-{check}"));
     let shown: usize =
         if reset { 0 } else { std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) };
-    let all = hints(stage);
     let now = (shown + 1).min(all.len());
     std::fs::create_dir_all(state_dir())?;
     std::fs::write(&file, now.to_string())?;
-    let mut out = String::new();
+    let mut out = format!("hints for {check}:\n\n");
     for (i, hint) in all.iter().take(now).enumerate() {
         let _ = writeln!(out, "{}. {hint}\n", i + 1);
     }
     if now < all.len() {
         let _ = writeln!(out, "({now} of {} hints; run again for the next.)", all.len());
     } else {
-        let _ = writeln!(out, "(all {} hints shown; the reference answer is stages/{}/src.)", all.len(), stage.name());
+        let _ = writeln!(out, "(all {} hints shown.)", all.len());
     }
     Ok(out)
+}
+
+/// The workbench's first failing check, from the lowest bar it fails (None: it passes them all).
+pub async fn first_failing_check(env: &mut KataEnv) -> anyhow::Result<Option<String>> {
+    for bar in [StageId::Stage1, StageId::Stage2, StageId::Stage3] {
+        let report = crate::checks::verify(env, bar, Target::Implementation(Implementation::Workbench)).await?;
+        if let Some(check) = report.failed().next().or_else(|| report.unresolved().next()) {
+            return Ok(Some(check.name.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// `checker status`: the highest bar the workbench meets, and what to do next.
@@ -75,7 +149,7 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
                 out,
                 "{:<8} -          (pass {} first)",
                 bar.name(),
-                next.as_ref().map_or("", |(b, _): &(StageId, String)| b.name())
+                next.as_ref().map_or("", |(b, _, _): &(StageId, String, String)| b.name())
             );
             continue;
         }
@@ -94,18 +168,21 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
             }
             Some(check) => {
                 let _ = writeln!(out, "{:<8} FAIL       {}: {}", bar.name(), check.name, check.summary);
-                next = Some((bar, check.doc.clone().unwrap_or_else(|| format!("docs/{}.md", bar.name()))));
+                next = Some((
+                    bar,
+                    check.name.clone(),
+                    check.doc.clone().unwrap_or_else(|| format!("docs/{}.md", bar.name())),
+                ));
             }
         }
     }
     let done = next.is_none();
     match next {
-        Some((bar, doc)) => {
+        Some((bar, check, doc)) => {
             let _ = writeln!(
                 out,
-                "\nNext: read {doc}; `cargo kata verify {} --target workbench` shows the evidence; `cargo kata hint {}` gives a nudge.",
+                "\nNext: read {doc}; `cargo kata verify {} --target workbench` shows the evidence; `cargo kata hint {check}` gives a nudge.",
                 bar.name(),
-                bar.name()
             );
         }
         None => out.push_str("\nAll three fixes pass. Try docs/interview.md and docs/review/ next.\n"),
@@ -296,10 +373,13 @@ mod tests {
     }
 
     #[test]
-    fn every_stage_has_hints_and_the_last_nearly_gives_the_answer() {
-        for stage in StageId::ALL {
-            assert!(!hints(stage).is_empty(), "{stage}");
+    fn every_check_has_hints_from_a_nudge_to_the_fix() {
+        let mut names = vec!["builds", "starts"];
+        names.extend(crate::checks::planned(StageId::Stage3));
+        for name in names {
+            assert!(!hints(name).is_empty(), "{name} has no hints");
         }
-        assert!(hints(StageId::Stage1).last().unwrap().contains("order by p.created_at desc, p.id desc"));
+        assert!(hints("queries_per_request").last().unwrap().contains("left join users"));
+        assert!(!hints("queries_per_request")[0].contains("join"), "the first hint is a nudge, not the fix");
     }
 }

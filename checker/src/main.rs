@@ -94,12 +94,16 @@ enum Command {
         #[command(flatten)]
         services: ServiceArgs,
     },
-    /// The next hint for a stage (each run reveals one more).
+    /// The next hint for a check (each run reveals one more, from a nudge to the fix). Without a
+    /// check: for the first check your workbench fails (it grades the workbench first).
     Hint {
-        stage: StageId,
+        /// A check's name as `verify` prints it, e.g. queries_per_request.
+        check: Option<String>,
         /// Start again from the first hint.
         #[arg(long)]
         restart: bool,
+        #[command(flatten)]
+        services: ServiceArgs,
     },
     /// Which bars your workbench passes, and what to read next.
     Status {
@@ -223,7 +227,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             return Ok(ExitCode::from(report.verdict.exit_code()));
         }
-        Command::Hint { stage, restart } => print!("{}", checker::learner::next_hint(stage, restart)?),
+        Command::Hint { check, restart, services } => {
+            let check = match check {
+                Some(check) => check,
+                None => {
+                    eprintln!("grading workbench/ to find its first failing check…");
+                    let mut env = KataEnv::start(small(&services)).await?;
+                    match checker::learner::first_failing_check(&mut env).await? {
+                        Some(check) => check,
+                        None => {
+                            println!("Your workbench passes every bar: no hint needed. Try docs/interview.md next.");
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
+                }
+            };
+            print!("{}", checker::learner::next_hint(&check, restart)?);
+        }
         Command::Status { services } => {
             eprintln!("starting services and grading workbench/ against each bar…");
             let mut env = KataEnv::start(small(&services)).await?;

@@ -82,6 +82,12 @@ pub fn delta(before: &Snapshot, after: &Snapshot) -> Vec<Statement> {
     ran
 }
 
+/// The same statements, most total time first: where the database spent the time.
+pub fn by_total_time(mut statements: Vec<Statement>) -> Vec<Statement> {
+    statements.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+    statements
+}
+
 pub fn total_calls(statements: &[Statement]) -> i64 {
     statements.iter().map(|s| s.calls).sum()
 }

@@ -1,5 +1,5 @@
 //! What `verify` prints: one line per check, and for each failure what was expected, what was
-//! measured, the evidence, a hint and where to read next.
+//! measured, the evidence, and where to read next.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -57,6 +57,46 @@ impl Verdict {
     }
 }
 
+/// What a measured number must be. A check's verdict and the `expected` it prints both come from
+/// this one value, so they cannot disagree.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Expectation {
+    Exactly(f64),
+    AtMost(f64),
+    AtLeast(f64),
+    /// Inclusive at both ends.
+    Between(f64, f64),
+}
+
+impl Expectation {
+    pub fn holds(self, measured: f64) -> bool {
+        match self {
+            Self::Exactly(x) => measured == x,
+            Self::AtMost(x) => measured <= x,
+            Self::AtLeast(x) => measured >= x,
+            Self::Between(low, high) => (low..=high).contains(&measured),
+        }
+    }
+}
+
+impl std::fmt::Display for Expectation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |x: f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x}") };
+        match *self {
+            Self::Exactly(x) => write!(f, "{}", n(x)),
+            Self::AtMost(x) => write!(f, "at most {}", n(x)),
+            Self::AtLeast(x) => write!(f, "at least {}", n(x)),
+            Self::Between(low, high) => write!(f, "{}..={}", n(low), n(high)),
+        }
+    }
+}
+
+impl Serialize for Expectation {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: String,
@@ -68,8 +108,6 @@ pub struct Check {
     /// The raw evidence (statements and calls, headers seen, counts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc: Option<String>,
 }
@@ -89,9 +127,13 @@ impl Check {
             expected: serde_json::to_value(expected).unwrap_or(Value::Null),
             summary: summary.into(),
             evidence: None,
-            hint: None,
             doc: None,
         }
+    }
+
+    /// A number held against its expectation: passes exactly when the expectation holds.
+    pub fn measure(name: &str, measured: f64, expected: Expectation, summary: impl Into<String>) -> Self {
+        Self::new(name, expected.holds(measured), measured, expected, summary)
     }
 
     fn with_status(name: &str, status: Status, why: impl Into<String>) -> Self {
@@ -129,10 +171,10 @@ impl Check {
         self
     }
 
-    /// Hint and doc are shown only when the check fails.
-    pub fn on_failure(mut self, hint: &str, doc: &str) -> Self {
+    /// Where to read: shown only when the check fails. Hints are not printed with a failure; the
+    /// learner asks for them, one at a time (`cargo kata hint <check>`).
+    pub fn on_failure(mut self, doc: &str) -> Self {
         if self.status == Status::Fail {
-            self.hint = Some(hint.to_owned());
             self.doc = Some(doc.to_owned());
         }
         self
@@ -209,11 +251,8 @@ impl Report {
                         let _ = writeln!(out, "          | {line}");
                     }
                 }
-                if let Some(hint) = &check.hint {
-                    let _ = writeln!(out, "          hint: {hint}");
-                }
                 if let Some(doc) = &check.doc {
-                    let _ = writeln!(out, "          read: {doc}");
+                    let _ = writeln!(out, "          read: {doc}   hints: `cargo kata hint {}`", check.name);
                 }
             }
         }
@@ -239,12 +278,14 @@ impl Report {
                 let _ = writeln!(out, "{}: all {total} checks passed.", self.stage);
             }
             Verdict::Fail => {
-                let first = self.failed().next().and_then(|c| c.doc.clone()).unwrap_or_default();
+                let first_failed = self.failed().next();
+                let first = first_failed.and_then(|c| c.doc.clone()).unwrap_or_default();
+                let check = first_failed.map_or("", |c| c.name.as_str());
                 let others =
                     if unresolved > 0 { format!(" ({unresolved} not run or not applicable)") } else { String::new() };
                 let _ = writeln!(
                     out,
-                    "{}: {failed} of {total} checks failed{others}. Next: read {first}, or run `cargo kata hint` for a nudge.",
+                    "{}: {failed} of {total} checks failed{others}. Next: read {first}, or run `cargo kata hint {check}` for a nudge.",
                     self.stage
                 );
             }

@@ -4,7 +4,7 @@
 //! share a pg_stat_statements view or a Redis keyspace. Numbers that are exact in the lesson are
 //! asserted exactly; what a learner reads is snapshotted with timings and ids redacted.
 
-use checker::{EnvOptions, Implementation, KataEnv, Report, StageId, Target, Verdict};
+use checker::{EnvOptions, Implementation, KataEnv, Report, StageId, Status, Target, Verdict};
 
 async fn env() -> KataEnv {
     // `honour_env: false`: a developer's DATABASE_URL must never be reseeded by the tests.
@@ -50,6 +50,10 @@ macro_rules! assert_report_snapshot {
                 (r"(?m)^(\s*)Planning:\n\s*Buffers: \[buffers\]\n", ""),
                 (r"(in|×) [\d.]+ s", "$1 [s] s"),
                 (r"[\d.]+ s after start", "[s] s after start"),
+                // Which statement took the most time overall is a close call on the small profile.
+                (r"(?m)^( +\| )by total time:\n(?: +\| .*\n)+", "${1}by total time: [table]\n"),
+                (r"(?m)^the same, by total time:\n(?:.+\n)+", "the same, by total time: [table]\n"),
+                (r"(?m)^( +\| .*)Buffers: shared hit=\d+", "${1}Buffers: [buffers]"),
                 (r"\d+ admitted, \d+ limited", "[n] admitted, [n] limited"),
                 (r"expected (\d+)\.\.=\d+", "expected $1..=[max]"),
                 (r"after \d+ attempt\(s\)", "after [n] attempt(s)"),
@@ -88,11 +92,16 @@ async fn stage_1_bar_fails_stage_0_on_the_n_plus_one_and_the_missing_index() {
     // Two causes to find: 21 statements, and a posts query without its index (Seq Scan + Sort).
     assert_eq!(failed, ["queries_per_request", "plan.uses_timeline_index"]);
     let check = report.failed().next().unwrap();
-    assert_eq!(
-        check.summary,
-        "expected 1, measured 21 — N+1: 20 × select id, name, avatar from users where id = $1 per request"
+    // The measurement, not the diagnosis: the learner is left to name the cause and the fix.
+    assert!(
+        check.summary.starts_with("statements per request change with the page size: 6 at limit 5, 21 at limit 20, "),
+        "{}",
+        check.summary
     );
-    assert_eq!(check.doc.as_deref(), Some("docs/stage-1.md#the-fix-one-statement"));
+    for spoiler in ["join", "JOIN", "N+1", "index"] {
+        assert!(!check.summary.contains(spoiler), "{spoiler} in {}", check.summary);
+    }
+    assert_eq!(check.doc.as_deref(), Some("docs/stage-1.md"));
     assert_report_snapshot!("stage_1_bar_on_stage_0", report);
 }
 
@@ -105,7 +114,7 @@ async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
     assert!(metric(&report, "hit_ratio") >= 0.95);
     assert_eq!(metric(&report, "stampede_statements"), 1.0);
     let warm = report.checks.iter().find(|c| c.name == "cache.warm_read_statements").unwrap();
-    assert_eq!(warm.measured, 0);
+    assert_eq!(warm.measured, 0.0);
     assert_report_snapshot!("stage_2_report", report);
 }
 
@@ -113,9 +122,13 @@ async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
 async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
     let report = verify(StageId::Stage2, Implementation::Stage1).await;
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    assert_eq!(failed, ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede"]);
+    // Without a cache, "the next read shows the post" proves nothing: not applicable, not passed.
+    let not_applicable: Vec<&str> =
+        report.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name.as_str()).collect();
     assert_eq!(
-        failed,
-        ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede", "redis_down"]
+        not_applicable,
+        ["cache.invalidation", "cache.race_fill_vs_post", "cache.race_read_during_post", "redis_down"]
     );
     assert_report_snapshot!("stage_2_bar_on_stage_1", report);
 }
@@ -146,7 +159,8 @@ async fn stage_3_bar_fails_stage_2_on_the_rate_limit_checks_only() {
             "ratelimit.two_instances",
             "ratelimit.isolation",
             "ratelimit.spoofed_headers",
-            "ratelimit.headers"
+            "ratelimit.headers",
+            "ratelimit.refill"
         ]
     );
     assert_eq!(metric(&report, "burst_admitted"), 1000.0);
@@ -162,7 +176,7 @@ async fn any_implementation_is_graded_by_url_alone() {
     assert_eq!(report.failed().count(), 0, "{}", report.to_text());
     // What needs the process in hand is not proven, and so neither is the bar: never a pass.
     let unproven: Vec<&str> = report.unresolved().map(|c| c.name.as_str()).collect();
-    assert_eq!(unproven, ["redis_down"]);
+    assert_eq!(unproven, ["cache.race_fill_vs_post", "redis_down"]);
     assert_eq!(report.verdict, Verdict::NotProven);
     assert_eq!(report.verdict.exit_code(), 3);
     assert!(report.to_text().contains("stage-2: NOT PROVEN"), "{}", report.to_text());

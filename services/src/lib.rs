@@ -43,8 +43,8 @@ impl Default for Options {
 pub struct Services {
     postgres: Option<Postgres>,
     redis: Option<RedisServer>,
-    /// Held only to keep the proxy running for as long as the services live.
-    _proxy: Option<LatencyProxy>,
+    /// The latency proxy, when one runs (see [`Services::proxy`]).
+    proxy: Option<LatencyProxy>,
     /// Direct connection to Postgres: for migrations, seeding and measurement.
     pub database_url: String,
     /// The URL the *service* uses: through the latency proxy when one runs.
@@ -84,7 +84,7 @@ impl Services {
         Ok(Self {
             postgres,
             redis,
-            _proxy: proxy,
+            proxy,
             database_url,
             service_database_url,
             redis_url,
@@ -96,6 +96,11 @@ impl Services {
     /// service survives a Redis outage. `None` when `REDIS_URL` pointed elsewhere.
     pub fn owned_redis(&mut self) -> Option<&mut RedisServer> {
         self.redis.as_mut()
+    }
+
+    /// The latency proxy between the service and Postgres, if one runs (`db_latency_ms` > 0).
+    pub fn proxy(&self) -> Option<&LatencyProxy> {
+        self.proxy.as_ref()
     }
 
     /// The PostgreSQL server started here, if any.

@@ -12,7 +12,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -20,6 +20,28 @@ use std::time::{Duration, Instant};
 pub struct LatencyProxy {
     addr: SocketAddr,
     stopped: Arc<AtomicBool>,
+    hold: Arc<Hold>,
+}
+
+/// A race, made deterministic: while armed, every reply chunk from the database of at least
+/// `min_bytes` (a page of feed rows) is held back `extra_ms` longer, while small replies (an
+/// INSERT's) pass at the usual latency. The checker uses it to make a cache fill read the database
+/// *before* a post commits and write to Redis *after* the post invalidated the key.
+#[derive(Default)]
+struct Hold {
+    min_bytes: AtomicUsize,
+    extra_ms: AtomicU64,
+}
+
+impl Hold {
+    fn extra_for(&self, bytes: usize) -> Duration {
+        let min = self.min_bytes.load(Ordering::Relaxed);
+        if min > 0 && bytes >= min {
+            Duration::from_millis(self.extra_ms.load(Ordering::Relaxed))
+        } else {
+            Duration::ZERO
+        }
+    }
 }
 
 impl LatencyProxy {
@@ -29,6 +51,8 @@ impl LatencyProxy {
         let addr = listener.local_addr()?;
         let stopped = Arc::new(AtomicBool::new(false));
         let stop = stopped.clone();
+        let hold = Arc::new(Hold::default());
+        let holds = hold.clone();
         thread::Builder::new().name("db-latency-proxy".into()).spawn(move || {
             for client in listener.incoming() {
                 if stop.load(Ordering::Relaxed) {
@@ -36,18 +60,30 @@ impl LatencyProxy {
                 }
                 let Ok(client) = client else { continue };
                 let Ok(server) = TcpStream::connect(&upstream) else { continue };
-                for (from, to) in [(&client, &server), (&server, &client)] {
+                // Requests go out at the plain latency; replies may be held (see `Hold`).
+                for (from, to, hold) in [(&client, &server, None), (&server, &client, Some(holds.clone()))] {
                     if let (Ok(from), Ok(to)) = (from.try_clone(), to.try_clone()) {
-                        delayed_copy(from, to, latency);
+                        delayed_copy(from, to, latency, hold);
                     }
                 }
             }
         })?;
-        Ok(Self { addr, stopped })
+        Ok(Self { addr, stopped, hold })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Hold database replies of at least `min_bytes` for `extra` on top of the latency, until
+    /// [`Self::release`].
+    pub fn hold_large_replies(&self, min_bytes: usize, extra: Duration) {
+        self.hold.extra_ms.store(extra.as_millis() as u64, Ordering::Relaxed);
+        self.hold.min_bytes.store(min_bytes.max(1), Ordering::Relaxed);
+    }
+
+    pub fn release(&self) {
+        self.hold.min_bytes.store(0, Ordering::Relaxed);
     }
 }
 
@@ -61,14 +97,15 @@ impl Drop for LatencyProxy {
 
 /// Copy `from` → `to` on two threads: one reads and timestamps, one waits out each chunk's delay
 /// and writes it.
-fn delayed_copy(mut from: TcpStream, mut to: TcpStream, latency: Duration) {
+fn delayed_copy(mut from: TcpStream, mut to: TcpStream, latency: Duration, hold: Option<Arc<Hold>>) {
     let _ = from.set_nodelay(true);
     let _ = to.set_nodelay(true);
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buf) {
-            if tx.send((Instant::now() + latency, buf[..n].to_vec())).is_err() {
+            let held = hold.as_ref().map_or(Duration::ZERO, |h| h.extra_for(n));
+            if tx.send((Instant::now() + latency + held, buf[..n].to_vec())).is_err() {
                 break;
             }
         }

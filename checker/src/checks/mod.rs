@@ -129,10 +129,7 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
                 report.push(
                     Check::new("builds", false, false, true, format!("{} does not compile", implementation.name()))
                         .evidence(error)
-                        .on_failure(
-                            "fix the first compiler error; the others often follow from it",
-                            "the compiler's message above",
-                        ),
+                        .on_failure("the compiler's first error, above"),
                 );
                 not_run(&mut report, "it does not compile");
                 return Ok(report);
@@ -155,10 +152,7 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
                     report.push(
                         Check::new("starts", false, false, true, "it did not become ready")
                             .evidence(format!("{e:#}"))
-                            .on_failure(
-                                "it must listen on LISTEN_ADDR and answer GET /ready with 200 once Postgres (DATABASE_URL) and Redis (REDIS_URL) answer",
-                                "docs/api.md",
-                            ),
+                            .on_failure("docs/api.md#get-ready"),
                     );
                     not_run(&mut report, "it did not start");
                     return Ok(report);
@@ -280,6 +274,18 @@ pub fn describe(feed: &Value) -> String {
         .unwrap_or_default();
     let n = feed.get("items").and_then(Value::as_array).map_or(0, Vec::len);
     format!("{n} items, first ids [{}]", ids.join(", "))
+}
+
+/// At most about `max` characters of `text`, cut at a word or field boundary, never inside a
+/// token, and saying how much was left out.
+pub fn excerpt(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let head: String = text.chars().take(max).collect();
+    let cut = head.rfind([' ', ',', '\n']).filter(|&i| i > max / 2).unwrap_or(head.len());
+    let kept = &head[..cut];
+    format!("{kept} … ({} more characters)", text.chars().count() - kept.chars().count())
 }
 
 /// The median and 99th percentile of latencies in ms.

@@ -3,29 +3,32 @@
 use std::time::{Duration, Instant};
 
 use feed_core::auth::Tier;
+use feed_core::contract;
 use futures::StreamExt as _;
 use serde_json::json;
 
 use super::Run;
 use crate::client::{Api, Reply};
-use crate::report::{Check, Report};
+use crate::report::{Check, Expectation, Report};
 
 const DOC: &str = "docs/stage-3.md";
 
 /// Stage-3's checks, in the order they run.
-pub const CHECKS: [&str; 5] = [
+pub const CHECKS: [&str; 6] = [
     "ratelimit.burst",
     "ratelimit.two_instances",
     "ratelimit.isolation",
     "ratelimit.spoofed_headers",
     "ratelimit.headers",
+    "ratelimit.refill",
 ];
+
 const BURST: usize = 1000;
 const CONNECTIONS: usize = 50;
 
-/// The reference tiers (docs/stage-3.md): bucket size and refill per second.
-const FREE: (f64, f64) = (60.0, 1.0);
-const PRO: (f64, f64) = (100.0, 10.0);
+/// The tiers (docs/stage-3.md): bucket size and refill per second.
+const FREE: (f64, f64) = (contract::FREE.burst as f64, contract::FREE.per_min as f64 / 60.0);
+const PRO: (f64, f64) = (contract::PRO.burst as f64, contract::PRO.per_min as f64 / 60.0);
 
 /// What a burst produced.
 struct Burst {
@@ -47,9 +50,14 @@ impl Burst {
         (capacity as usize, (capacity + (self.duration.as_secs_f64() * per_sec).floor()) as usize)
     }
 
-    fn within(&self, tier: (f64, f64)) -> bool {
+    /// Admitted: the bucket, plus what refilled while the burst ran.
+    fn expected(&self, tier: (f64, f64)) -> Expectation {
         let (low, high) = self.bounds(tier);
-        (low..=high).contains(&self.admitted) && self.other.is_empty()
+        Expectation::Between(low as f64, high as f64)
+    }
+
+    fn within(&self, tier: (f64, f64)) -> bool {
+        self.expected(tier).holds(self.admitted as f64) && self.other.is_empty()
     }
 
     fn describe(&self, tier: (f64, f64)) -> String {
@@ -126,6 +134,7 @@ pub async fn run(run: &mut Run<'_>, report: &mut Report) {
         isolation(run, report).await.unwrap_or_else(|e| Check::errored("ratelimit.isolation", &e)),
         spoofed_headers(run, report).await,
         headers(run).await.unwrap_or_else(|e| Check::errored("ratelimit.headers", &e)),
+        refill(run, report).await.unwrap_or_else(|e| Check::errored("ratelimit.refill", &e)),
     ];
     for check in checks {
         report.push(check);
@@ -206,13 +215,10 @@ async fn single_user_burst(run: &Run<'_>, report: &mut Report) -> anyhow::Result
         "ratelimit.burst",
         passed,
         json!({ "admitted": result.admitted, "limited": result.limited, "retry_after_valid": result.retry_after_valid, "status_after_retry_after": after_wait }),
-        json!({ "admitted": format!("{}..={}", result.bounds(FREE).0, result.bounds(FREE).1), "retry_after_valid": true, "status_after_retry_after": 200 }),
+        json!({ "admitted": result.expected(FREE), "retry_after_valid": true, "status_after_retry_after": 200 }),
         summary,
     )
-    .on_failure(
-        "a token bucket per user id in Redis, updated atomically (one Lua script): 60 tokens, 1 per second; 429 + Retry-After when empty",
-        "docs/stage-3.md#the-token-bucket",
-    ))
+    .on_failure(DOC))
 }
 
 async fn two_instances(run: &Run<'_>, report: &mut Report) -> Check {
@@ -227,10 +233,10 @@ async fn two_instances(run: &Run<'_>, report: &mut Report) -> Check {
         NAME,
         result.within(FREE),
         result.admitted,
-        format!("{}..={}", result.bounds(FREE).0, result.bounds(FREE).1),
+        result.expected(FREE),
         format!("burst split across two instances sharing Redis: {}", result.describe(FREE)),
     )
-    .on_failure("the bucket must live in Redis, not in process memory, so every instance charges the same one", DOC)
+    .on_failure(DOC)
 }
 
 async fn isolation(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
@@ -245,17 +251,14 @@ async fn isolation(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> 
         "ratelimit.isolation",
         passed,
         json!({ "bystander_status": bystander.status, "pro_admitted": pro.admitted }),
-        json!({ "bystander_status": 200, "pro_admitted": format!("{}..={}", pro.bounds(PRO).0, pro.bounds(PRO).1) }),
+        json!({ "bystander_status": 200, "pro_admitted": pro.expected(PRO) }),
         format!(
             "another free user after a burst: {}; a pro user's burst of 400: {}",
             bystander.status,
             pro.describe(PRO)
         ),
     )
-    .on_failure(
-        "one bucket per user id, sized by the tier in the token: free 60, pro 100 (600/min)",
-        "docs/stage-3.md#tiers",
-    ))
+    .on_failure(DOC))
 }
 
 async fn spoofed_headers(run: &Run<'_>, report: &mut Report) -> Check {
@@ -266,13 +269,10 @@ async fn spoofed_headers(run: &Run<'_>, report: &mut Report) -> Check {
         "ratelimit.spoofed_headers",
         result.within(FREE),
         result.admitted,
-        format!("{}..={}", result.bounds(FREE).0, result.bounds(FREE).1),
+        result.expected(FREE),
         format!("a new X-Forwarded-For / X-Real-IP on every request: {}", result.describe(FREE)),
     )
-    .on_failure(
-        "key the bucket by the verified token's user id; never by an address or a header the client sends",
-        "docs/stage-3.md#per-user-not-per-ip",
-    )
+    .on_failure(DOC)
 }
 
 /// `RateLimit-Policy` and `RateLimit` on admitted responses, counting down one per request
@@ -309,8 +309,54 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
         },
     )
     .evidence(seen.iter().map(|(p, s)| format!("RateLimit-Policy: {p:?}  RateLimit: {s:?}")).collect::<Vec<_>>().join("\n"))
-    .on_failure(
-        "send RateLimit-Policy: \"free\";q=60;w=60 and RateLimit: \"free\";r=<tokens left>;t=<seconds to full> on every response",
-        "docs/stage-3.md#headers",
-    ))
+    .on_failure(DOC))
+}
+
+/// The bucket refills continuously: once it is empty, waiting `WAIT` gives back `rate × WAIT`
+/// tokens (± 1), on every tier. A fixed window (INCR + EXPIRE 60) admits a whole minute's worth
+/// at once, then nothing until the window ends: it fails here.
+async fn refill(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    const WAIT: Duration = Duration::from_secs(3);
+    let tiers = [
+        ("free", FREE, run.env.token(run.users.full(207, 1)[0], Tier::Free)),
+        ("pro", PRO, run.env.token(run.users.full(208, 1)[0], Tier::Pro)),
+    ];
+    // Both tiers at once: one wait for both.
+    let measured = futures::future::join_all(tiers.iter().map(|(_, (capacity, per_sec), token)| async move {
+        let emptying = Instant::now();
+        let first = burst(&[&run.api], token, *capacity as usize + 20, false).await;
+        let emptied = Instant::now();
+        tokio::time::sleep(WAIT).await;
+        let second_started = Instant::now();
+        let second = burst(&[&run.api], token, (*capacity as usize).min(60), false).await;
+        // At least what refilled between the two bursts, at most what refilled from the first
+        // request of the first burst to the last of the second; ± 1 for the token being counted.
+        let low = (per_sec * (second_started - emptied).as_secs_f64()).floor() - 1.0;
+        let high = (per_sec * emptying.elapsed().as_secs_f64()).ceil() + 1.0;
+        (first, second, Expectation::Between(low.max(1.0), high))
+    }))
+    .await;
+    let mut passed = true;
+    let mut lines = Vec::new();
+    let mut measured_json = serde_json::Map::new();
+    let mut expected_json = serde_json::Map::new();
+    for ((name, (capacity, per_sec), _), (first, second, expected)) in tiers.iter().zip(&measured) {
+        let emptied = first.limited > 0;
+        let ok = emptied && expected.holds(second.admitted as f64);
+        passed &= ok;
+        report.metric(&format!("refill_{name}_admitted"), second.admitted);
+        measured_json.insert(format!("{name}_admitted_after_wait"), json!(second.admitted));
+        expected_json.insert(format!("{name}_admitted_after_wait"), json!(expected));
+        lines.push(if emptied {
+            format!(
+                "{name}: bucket {capacity} emptied, then after {} s {} of {} admitted (refill {per_sec}/s: expected {expected})",
+                WAIT.as_secs(),
+                second.admitted,
+                second.admitted + second.limited + second.other.len()
+            )
+        } else {
+            format!("{name}: {} requests did not empty the bucket ({} admitted)", first.admitted + first.limited, first.admitted)
+        });
+    }
+    Ok(Check::new("ratelimit.refill", passed, measured_json, expected_json, lines.join("; ")).on_failure(DOC))
 }

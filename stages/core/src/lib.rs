@@ -7,6 +7,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod contract;
 pub mod db;
 pub mod error;
 pub mod feed;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use feed_core::api::{FeedItem, MAX_LIMIT};
 use feed_core::app::redis_call;
+use feed_core::contract;
 use feed_core::{FeedError, FeedSource};
 use rand::Rng as _;
 use redis::AsyncCommands as _;
@@ -23,18 +24,18 @@ pub struct CacheConfig {
     /// How long a cached timeline may be served, in seconds. New posts never wait for it (the
     /// write path invalidates); what can be stale for up to this long is an author's name or
     /// avatar. See docs/stage-2.md for how 300 s was chosen.
-    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CACHE_TTL_SECS", default_value_t = contract::CACHE_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_ttl_secs: u64,
 
     /// Random spread of each TTL, in percent (10 → 270..330 s), so keys filled together do not
     /// all expire in the same second and send their misses to Postgres at once.
-    #[arg(long, env = "CACHE_TTL_JITTER_PCT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=50))]
+    #[arg(long, env = "CACHE_TTL_JITTER_PCT", default_value_t = contract::CACHE_TTL_JITTER_PCT, value_parser = clap::value_parser!(u64).range(0..=50))]
     pub cache_ttl_jitter_pct: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        Self { cache_ttl_secs: 300, cache_ttl_jitter_pct: 10 }
+        Self { cache_ttl_secs: contract::CACHE_TTL_SECS, cache_ttl_jitter_pct: contract::CACHE_TTL_JITTER_PCT }
     }
 }
 

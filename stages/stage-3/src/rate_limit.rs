@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use feed_core::auth::{AuthUser, Tier};
+use feed_core::contract;
 use feed_core::error::Problem;
 use redis::aio::ConnectionManager;
 
@@ -19,16 +20,16 @@ use redis::aio::ConnectionManager;
 #[derive(clap::Args, Debug, Clone)]
 pub struct RateLimitConfig {
     /// free tier: sustained requests per minute (refill rate).
-    #[arg(long, env = "RATE_FREE_PER_MIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RATE_FREE_PER_MIN", default_value_t = contract::FREE.per_min, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_free_per_min: u32,
     /// free tier: bucket size, the burst allowed after a quiet minute.
-    #[arg(long, env = "RATE_FREE_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RATE_FREE_BURST", default_value_t = contract::FREE.burst, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_free_burst: u32,
     /// pro tier: sustained requests per minute.
-    #[arg(long, env = "RATE_PRO_PER_MIN", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RATE_PRO_PER_MIN", default_value_t = contract::PRO.per_min, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_pro_per_min: u32,
     /// pro tier: bucket size.
-    #[arg(long, env = "RATE_PRO_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "RATE_PRO_BURST", default_value_t = contract::PRO.burst, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_pro_burst: u32,
     /// What to do when Redis cannot be asked: `open` admits (and counts) the request, `closed`
     /// answers 503.
@@ -39,10 +40,10 @@ pub struct RateLimitConfig {
 impl Default for RateLimitConfig {
     fn default() -> Self {
         Self {
-            rate_free_per_min: 60,
-            rate_free_burst: 60,
-            rate_pro_per_min: 600,
-            rate_pro_burst: 100,
+            rate_free_per_min: contract::FREE.per_min,
+            rate_free_burst: contract::FREE.burst,
+            rate_pro_per_min: contract::PRO.per_min,
+            rate_pro_burst: contract::PRO.burst,
             on_redis_error: OnRedisError::Open,
         }
     }
