@@ -237,3 +237,24 @@ fn describe(headers: &mut HeaderMap, tier: Tier, limit: Limit, decision: &Decisi
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FREE: Limit = Limit { burst: 60, per_min: 60 };
+
+    #[test]
+    fn a_new_bucket_is_full_and_an_empty_one_refills_one_token_a_second() {
+        let (bucket, first) = Bucket::take(None, FREE, 100.0);
+        assert!(first.admitted);
+        assert_eq!(first.remaining, 59);
+        let empty = Bucket { tokens: 0.0, ..bucket };
+        let (_, refused) = Bucket::take(Some(empty), FREE, 100.0);
+        assert!(!refused.admitted);
+        assert_eq!(refused.retry_after_secs, 1);
+        let (_, later) = Bucket::take(Some(empty), FREE, 105.0);
+        assert!(later.admitted);
+        assert_eq!(later.remaining, 4);
+    }
+}
