@@ -3,7 +3,7 @@
 //! Without a mistake this is the reference design in a learner's own words: GET the key; on a
 //! miss take a short `SET NX` lock, read Postgres, store the page with a jittered TTL only if the
 //! lock is still ours; other requests wait for the value; a post deletes the key and the lock;
-//! any Redis error reads Postgres instead. Each `Mistake` changes one line, marked with its name.
+//! any Redis error reads Postgres instead. Each `Mistake` changes one step, where it is matched.
 
 use std::time::Duration;
 

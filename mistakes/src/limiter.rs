@@ -5,7 +5,7 @@
 //! bucket (`stages/stage-3/src/bucket.lua`, one atomic step in Redis) keyed by the verified user
 //! id, free 60 + 1/s and pro 100 + 10/s, 429 with `Retry-After`, the `RateLimit` headers, and
 //! a Redis error admits the request (or 503 with `RATE_LIMIT_ON_REDIS_ERROR=closed`). Each
-//! `Mistake` changes one step, marked with its name.
+//! `Mistake` changes one step, where it is matched.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
