@@ -67,15 +67,23 @@ pub struct Stage {
     pub name: &'static str,
     pub feed: Arc<dyn FeedSource>,
     pub api_layer: Option<ApiLayer>,
+    /// Layers around the whole app, outside authentication and around `/health`, `/ready` and
+    /// `/metrics` too. No reference stage uses it; `mistakes/` does, to serve a limiter put there.
+    pub app_layer: Option<ApiLayer>,
 }
 
 impl Stage {
     pub fn new(name: &'static str, feed: impl FeedSource) -> Self {
-        Self { name, feed: Arc::new(feed), api_layer: None }
+        Self { name, feed: Arc::new(feed), api_layer: None, app_layer: None }
     }
 
     pub fn with_api_layer(mut self, layer: impl FnOnce(Router) -> Router + Send + 'static) -> Self {
         self.api_layer = Some(Box::new(layer));
+        self
+    }
+
+    pub fn with_app_layer(mut self, layer: impl FnOnce(Router) -> Router + Send + 'static) -> Self {
+        self.app_layer = Some(Box::new(layer));
         self
     }
 }
@@ -123,8 +131,12 @@ pub fn router(ctx: &Context, stage: Stage) -> Router {
         .route("/metrics", get(metrics))
         .with_state(state);
 
-    api.merge(ops)
-        .fallback(not_found)
+    let app = api.merge(ops);
+    let app = match stage.app_layer {
+        Some(layer) => layer(app),
+        None => app,
+    };
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
@@ -229,13 +241,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     )
 }
 
-/// Serve `app` on `listener` until `shutdown` resolves, then finish in-flight requests.
+/// Serve `app` on `listener` until `shutdown` resolves, then finish in-flight requests. Each
+/// request carries the peer's address (`ConnectInfo<SocketAddr>`) for layers that want it.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The body of every stage's `main`: logging, connect, build the stage, serve until Ctrl-C or
