@@ -34,6 +34,39 @@ pub async fn explain(admin: &PgPool, query: &str, user_id: i64, limit: i64, json
     Ok(explained?)
 }
 
+/// Execute `query` (as normalised by pg_stat_statements) with the same parameter values as
+/// [`explain`], under planner `settings` (e.g. `enable_indexscan = off`), and return the `id`
+/// column of each row in order (the first column named `id`, or else the first column).
+pub async fn execute_ids(
+    admin: &PgPool,
+    query: &str,
+    user_id: i64,
+    limit: i64,
+    settings: &[&str],
+) -> anyhow::Result<Vec<i64>> {
+    use sqlx::Row as _;
+    let params = parameters(query);
+    let values: Vec<String> = (1..=params)
+        .map(|n| if query.to_lowercase().contains(&format!("limit ${n}")) { limit } else { user_id }.to_string())
+        .collect();
+    let mut tx = admin.begin().await?;
+    for setting in settings {
+        sqlx::raw_sql(AssertSqlSafe(format!("set local {setting}"))).execute(&mut *tx).await?;
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!("prepare kata_ids as {query}"))).execute(&mut *tx).await?;
+    let args = if values.is_empty() { String::new() } else { format!("({})", values.join(", ")) };
+    let rows = sqlx::query(AssertSqlSafe(format!("execute kata_ids{args}"))).fetch_all(&mut *tx).await?;
+    sqlx::raw_sql("deallocate kata_ids").execute(&mut *tx).await?;
+    tx.rollback().await?;
+    rows.iter()
+        .map(|row| {
+            use sqlx::Column as _;
+            let id = row.columns().iter().position(|c| c.name() == "id").unwrap_or(0);
+            Ok(row.try_get::<i64, _>(id)?)
+        })
+        .collect()
+}
+
 /// The highest `$N` in a normalised statement.
 fn parameters(query: &str) -> usize {
     query

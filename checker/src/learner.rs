@@ -22,6 +22,15 @@ pub fn hints(check: &str) -> &'static [&'static str] {
             "Newest first by created_at; equal created_at: the larger id first. `limit` items at most; the timeline is the posts whose user_id is the caller.",
             "The order must be `order by p.created_at desc, p.id desc`, and the filter `where p.user_id = $1`. Posts can share a created_at (the seed data has ties).",
         ],
+        "feed.order_is_total" => &[
+            "The evidence shows the page your statement returns on a plan without index scans: compare it with the expected ids. Which posts swapped places?",
+            "Posts can share a created_at. An order by created_at alone leaves ties to the plan; through the index they happen to come out right.",
+            "Order by `created_at desc, id desc`: the id breaks every tie, on any plan.",
+        ],
+        "ratelimit.probes_unlimited" => &[
+            "Which routes does your limiter wrap? Probes and scrapers call /health, /ready and /metrics without a user, and often.",
+            "Apply the limiter as an api layer (`Stage::with_api_layer`): it then wraps /api/* only, inside authentication.",
+        ],
         "errors.problem_json" => &[
             "Every error is application/problem+json with title, status and detail; the evidence names the requests that were not.",
             "Errors come from core's ApiError and Problem: return them instead of building responses by hand.",

@@ -204,6 +204,8 @@ async fn ttl_check(run: &Run<'_>, window: Duration) -> anyhow::Result<Check> {
         )
         .on_failure(DOC));
     }
+    // PTTL answers -1 for a key without an expiry.
+    let without_expiry = ttls.iter().filter(|&&t| t < 0.0).count();
     ttls.sort_by(f64::total_cmp);
     let (min, max) = (ttls[0], ttls[ttls.len() - 1]);
     let low = TTL_SECS * (1.0 - JITTER) - window.as_secs_f64() - 1.0;
@@ -219,11 +221,15 @@ async fn ttl_check(run: &Run<'_>, window: Duration) -> anyhow::Result<Check> {
         in_window && jittered,
         json!({ "keys": ttls.len(), "min_s": min.round(), "max_s": max.round(), "spread_s": spread.round() }),
         json!({ "every_ttl_s": window_s, "spread_s": spread_s }),
-        format!(
-            "{} keys, TTLs {min:.0}..{max:.0} s (window {low:.0}..{high:.0} s), spread {spread:.0} s across keys written within {:.0} s",
-            ttls.len(),
-            window.as_secs_f64()
-        ),
+        if without_expiry > 0 {
+            format!("{without_expiry} of {} cached feed keys have no expiry at all (window {low:.0}..{high:.0} s)", ttls.len())
+        } else {
+            format!(
+                "{} keys, TTLs {min:.0}..{max:.0} s (window {low:.0}..{high:.0} s), spread {spread:.0} s across keys written within {:.0} s",
+                ttls.len(),
+                window.as_secs_f64()
+            )
+        },
     )
     .on_failure(DOC))
 }
@@ -497,7 +503,7 @@ pub async fn redis_down(run: &mut Run<'_>, report: &mut Report) {
                 "Redis stopped: feed {} ({}) in {down_ms:.0} ms{}; Redis back: {}",
                 down.status,
                 if correct { "correct" } else { "wrong" },
-                limited.map_or(String::new(), |s| format!(", free-tier request {s} (fail open)")),
+                limited.map_or(String::new(), |s| format!(", free-tier request {s} (the limiter fails open: 200)")),
                 if resumed { format!("cache hits again after {attempts} attempt(s)") } else { "no cache hits after 30 attempts".into() }
             ),
         )

@@ -87,7 +87,7 @@ impl Users {
 pub fn planned(bar: StageId) -> Vec<&'static str> {
     let mut names = vec!["feed.matches_oracle", "errors.problem_json", "posts.read_back", "queries_per_request"];
     if bar >= StageId::Stage1 {
-        names.extend(["plan.uses_timeline_index", "equivalence.stage_0"]);
+        names.extend(["plan.uses_timeline_index", "feed.order_is_total", "equivalence.stage_0"]);
     }
     if bar >= StageId::Stage2 {
         names.extend(cache::CHECKS);
