@@ -50,6 +50,7 @@ macro_rules! assert_report_snapshot {
                 (r"(?m)^(\s*)Planning:\n\s*Buffers: \[buffers\]\n", ""),
                 (r"(in|×) [\d.]+ s", "$1 [s] s"),
                 (r"[\d.]+ s after start", "[s] s after start"),
+                (r"after (\d+) s \d+ of \d+ admitted", "after $1 s [n] of [n] admitted"),
                 // Which statement took the most time overall is a close call on the small profile.
                 (r"(?m)^( +\| )by total time:\n(?: +\| .*\n)+", "${1}by total time: [table]\n"),
                 (r"(?m)^the same, by total time:\n(?:.+\n)+", "the same, by total time: [table]\n"),
