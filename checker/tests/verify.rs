@@ -35,7 +35,9 @@ macro_rules! assert_report_snapshot {
             filters => vec![
                 (r"db_round_trip_ms=[\d.]+", "db_round_trip_ms=[rtt]"),
                 (r"TTLs \d+\.\.\d+ s \(window \d+\.\.\d+ s\), spread \d+ s across keys written within \d+ s", "TTLs [ttl-window]"),
-                (r"(?m)^(  (burst|two_instance|spoofed_burst|pro_burst)_[a-z_]+) +\d+$", "$1 [n]"),
+                (r"(?m)^(  (burst|two_instance|spoofed_burst|pro_burst|refill)_[a-z_]+) +\d+$", "$1 [n]"),
+                // How much refilled depends on how long the sleep really took.
+                (r"(refill [\d.]+/s: expected) \d+\.\.=\d+", "$1 [low]..=[high]"),
                 (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
                 // Under a saturated machine a reader can wait on a fill and poll: extra misses.
                 (r"(?m)^(  (hit_ratio|keyspace_hits|keyspace_misses|service_hit_ratio)) +[\d.]+$", "$1 [n]"),
