@@ -21,7 +21,8 @@ async fn grade(case: &Case) -> Report {
         Built::Binary(path) => path,
         Built::CompileError(e) => panic!("mistakes does not compile:\n{e}"),
     };
-    let mut env = KataEnv::start(EnvOptions { honour_env: false, ..EnvOptions::default() }).await.expect("services start");
+    let mut env =
+        KataEnv::start(EnvOptions { honour_env: false, ..EnvOptions::default() }).await.expect("services start");
     let command = format!("exec {} {}", binary.display(), case.mistake);
     checker::checks::verify(&mut env, case.bar, Target::Cmd(command)).await.expect("verify runs")
 }
@@ -30,7 +31,13 @@ async fn assert_caught(case: Case) {
     let report = grade(&case).await;
     let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
     assert_eq!(report.verdict, Verdict::Fail, "{} passed:\n{}", case.mistake, report.to_text());
-    assert!(failed.contains(&case.must_fail), "{}: {} did not fail:\n{}", case.mistake, case.must_fail, report.to_text());
+    assert!(
+        failed.contains(&case.must_fail),
+        "{}: {} did not fail:\n{}",
+        case.mistake,
+        case.must_fail,
+        report.to_text()
+    );
     let unexpected: Vec<&&str> =
         failed.iter().filter(|name| **name != case.must_fail && !case.also_fails.contains(name)).collect();
     assert!(unexpected.is_empty(), "{}: unexpected failures {unexpected:?}:\n{}", case.mistake, report.to_text());
@@ -97,7 +104,9 @@ mistakes! {
 /// statements whatever the page size. It meets the stage-1 bar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batch_loading_passes_stage_1_with_two_statements_at_every_page_size() {
-    let report = grade(&Case { mistake: "batch-authors", bar: StageId::Stage1, must_fail: "", symptom: "", also_fails: &[] }).await;
+    let report =
+        grade(&Case { mistake: "batch-authors", bar: StageId::Stage1, must_fail: "", symptom: "", also_fails: &[] })
+            .await;
     assert_eq!(report.verdict, Verdict::Pass, "{}", report.to_text());
     let check = report.checks.iter().find(|c| c.name == "queries_per_request").unwrap();
     assert!(check.summary.starts_with("2 statements per feed request at every page size"), "{}", check.summary);
