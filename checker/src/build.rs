@@ -68,3 +68,9 @@ pub fn build(package: &str) -> anyhow::Result<Built> {
         }
     }
 }
+
+/// [`build`] on a blocking thread, for async callers: cargo can take minutes.
+pub async fn build_async(package: &str) -> anyhow::Result<Built> {
+    let package = package.to_owned();
+    tokio::task::spawn_blocking(move || build(&package)).await?
+}

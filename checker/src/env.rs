@@ -99,8 +99,8 @@ impl KataEnv {
         implementation: Implementation,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<AppProcess> {
-        match crate::build::build(implementation.name())? {
-            Built::Binary(program) => self.start_app(&Launch::Program { program, args: Vec::new() }, extra).await,
+        match crate::build::build_async(implementation.name()).await? {
+            Built::Binary(program) => self.start_app(&Launch::Program(program), extra).await,
             Built::CompileError(error) => anyhow::bail!("{} does not compile:\n{error}", implementation.name()),
         }
     }

@@ -10,27 +10,24 @@ use sqlx::{AssertSqlSafe, PgPool};
 /// `EXPLAIN (ANALYZE, BUFFERS [, FORMAT JSON])` of `query`. Its `limit $N` parameter gets
 /// `limit`; every other parameter gets `user_id` (the timeline, or an author id).
 pub async fn explain(admin: &PgPool, query: &str, user_id: i64, limit: i64, json: bool) -> anyhow::Result<Vec<String>> {
-    let params = parameters(query);
-    let values: Vec<String> = (1..=params)
-        .map(|n| if query.to_lowercase().contains(&format!("limit ${n}")) { limit } else { user_id }.to_string())
-        .collect();
     let mut conn = admin.acquire().await?;
-    sqlx::raw_sql(AssertSqlSafe(format!("prepare kata_explain as {query}"))).execute(&mut *conn).await?;
-    let args = if values.is_empty() { String::new() } else { format!("({})", values.join(", ")) };
+    let name = statement_name();
+    sqlx::raw_sql(AssertSqlSafe(format!("prepare {name} as {query}"))).execute(&mut *conn).await?;
+    let args = arguments(query, user_id, limit);
     let format = if json { ", format json" } else { "" };
     let explained = if json {
         sqlx::query_scalar::<_, Value>(AssertSqlSafe(format!(
-            "explain (analyze, buffers{format}) execute kata_explain{args}"
+            "explain (analyze, buffers{format}) execute {name}{args}"
         )))
         .fetch_all(&mut *conn)
         .await
         .map(|rows| rows.iter().map(Value::to_string).collect())
     } else {
-        sqlx::query_scalar::<_, String>(AssertSqlSafe(format!("explain (analyze, buffers) execute kata_explain{args}")))
+        sqlx::query_scalar::<_, String>(AssertSqlSafe(format!("explain (analyze, buffers) execute {name}{args}")))
             .fetch_all(&mut *conn)
             .await
     };
-    sqlx::raw_sql("deallocate kata_explain").execute(&mut *conn).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("deallocate {name}"))).execute(&mut *conn).await?;
     Ok(explained?)
 }
 
@@ -45,18 +42,15 @@ pub async fn execute_ids(
     settings: &[&str],
 ) -> anyhow::Result<Vec<i64>> {
     use sqlx::Row as _;
-    let params = parameters(query);
-    let values: Vec<String> = (1..=params)
-        .map(|n| if query.to_lowercase().contains(&format!("limit ${n}")) { limit } else { user_id }.to_string())
-        .collect();
     let mut tx = admin.begin().await?;
+    let name = statement_name();
     for setting in settings {
         sqlx::raw_sql(AssertSqlSafe(format!("set local {setting}"))).execute(&mut *tx).await?;
     }
-    sqlx::raw_sql(AssertSqlSafe(format!("prepare kata_ids as {query}"))).execute(&mut *tx).await?;
-    let args = if values.is_empty() { String::new() } else { format!("({})", values.join(", ")) };
-    let rows = sqlx::query(AssertSqlSafe(format!("execute kata_ids{args}"))).fetch_all(&mut *tx).await?;
-    sqlx::raw_sql("deallocate kata_ids").execute(&mut *tx).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("prepare {name} as {query}"))).execute(&mut *tx).await?;
+    let args = arguments(query, user_id, limit);
+    let rows = sqlx::query(AssertSqlSafe(format!("execute {name}{args}"))).fetch_all(&mut *tx).await?;
+    sqlx::raw_sql(AssertSqlSafe(format!("deallocate {name}"))).execute(&mut *tx).await?;
     tx.rollback().await?;
     rows.iter()
         .map(|row| {
@@ -65,6 +59,22 @@ pub async fn execute_ids(
             Ok(row.try_get::<i64, _>(id)?)
         })
         .collect()
+}
+
+/// A name no other PREPARE on a pooled connection uses: one left behind by a failed EXECUTE
+/// (PREPARE is not undone by a rollback) can never collide with the next.
+fn statement_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!("kata_statement_{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// `(v1, v2, …)` for an EXECUTE of `query`: its `limit $N` gets `limit`, every other parameter
+/// `user_id` (the timeline, or an author id). Empty when it has no parameters.
+fn arguments(query: &str, user_id: i64, limit: i64) -> String {
+    let values: Vec<String> = (1..=parameters(query))
+        .map(|n| if query.to_lowercase().contains(&format!("limit ${n}")) { limit } else { user_id }.to_string())
+        .collect();
+    if values.is_empty() { String::new() } else { format!("({})", values.join(", ")) }
 }
 
 /// The highest `$N` in a normalised statement.
@@ -84,6 +94,9 @@ pub struct PlanNode {
     pub node: String,
     pub index: Option<String>,
     pub relation: Option<String>,
+    /// The index condition (`(user_id = '13'::bigint)`): which rows the index was asked for.
+    #[serde(skip)]
+    pub condition: Option<String>,
 }
 
 impl PlanNode {
@@ -115,7 +128,13 @@ fn walk(plan: &Value, depth: usize, out: &mut Vec<PlanNode>) {
     if let Some(join) = text("Join Type").filter(|j| j != "Inner") {
         node.push_str(&format!(" ({join})"));
     }
-    out.push(PlanNode { depth, node, index: text("Index Name"), relation: text("Relation Name") });
+    out.push(PlanNode {
+        depth,
+        node,
+        index: text("Index Name"),
+        relation: text("Relation Name"),
+        condition: text("Index Cond"),
+    });
     for child in plan.get("Plans").and_then(Value::as_array).into_iter().flatten() {
         walk(child, depth + 1, out);
     }

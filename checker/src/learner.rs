@@ -137,11 +137,13 @@ pub fn next_hint(check: &str, reset: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// The workbench's first failing check, from the lowest bar it fails (None: it passes them all).
-pub async fn first_failing_check(env: &mut KataEnv) -> anyhow::Result<Option<String>> {
-    for bar in [StageId::Stage1, StageId::Stage2, StageId::Stage3] {
+/// The workbench's first failing check, at `bar` or (None) from the lowest bar it fails. None:
+/// it fails none (a not-proven check is no failure to give hints for).
+pub async fn first_failing_check(env: &mut KataEnv, bar: Option<StageId>) -> anyhow::Result<Option<String>> {
+    let bars = bar.map_or_else(|| vec![StageId::Stage1, StageId::Stage2, StageId::Stage3], |bar| vec![bar]);
+    for bar in bars {
         let report = crate::checks::verify(env, bar, Target::Implementation(Implementation::Workbench)).await?;
-        if let Some(check) = report.failed().next().or_else(|| report.unresolved().next()) {
+        if let Some(check) = report.failed().next() {
             return Ok(Some(check.name.clone()));
         }
     }
@@ -164,8 +166,14 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
         }
         let report = crate::checks::verify(env, bar, Target::Implementation(Implementation::Workbench)).await?;
         match report.failed().next() {
-            None => {
+            None if report.verdict == crate::Verdict::Pass => {
                 let _ = writeln!(out, "{:<8} PASS", bar.name());
+            }
+            None => {
+                // Nothing failed, but something could not be measured here: not a pass.
+                let check = report.unresolved().next().expect("not proven means something unresolved");
+                let _ = writeln!(out, "{:<8} UNPROVEN   {}: {}", bar.name(), check.name, check.summary);
+                next = Some((bar, check.name.clone(), "docs/checker.md#statuses-and-verdicts".to_owned()));
             }
             Some(check) if check.name == "builds" => {
                 let _ = writeln!(out, "{:<8} -          workbench does not compile:", bar.name());
@@ -237,14 +245,16 @@ async fn watch_once(env: &mut KataEnv, bars: &[StageId]) -> anyhow::Result<Strin
         };
         let mut out = if check.name == "builds" {
             "workbench does not compile:".to_owned()
-        } else {
+        } else if check.status == crate::Status::Fail {
             format!("{}: {} — {}", bar.name(), check.name, check.summary)
+        } else {
+            format!("{}: not proven here — {}: {}", bar.name(), check.name, check.summary)
         };
         for line in check.evidence.as_deref().unwrap_or_default().lines() {
             let _ = write!(out, "\n  | {line}");
         }
         if let Some(doc) = &check.doc {
-            let _ = write!(out, "\n  read: {doc}   (`cargo kata hint {}` for a nudge)", bar.name());
+            let _ = write!(out, "\n  read: {doc}   (`cargo kata hint {}` for a nudge)", check.name);
         }
         return Ok(out);
     }

@@ -20,6 +20,21 @@ struct ServiceArgs {
     /// Delay added between the service and Postgres, per direction, in ms (0 = none).
     #[arg(long, env = "DB_LATENCY_MS", default_value_t = kata_services::DEFAULT_DB_LATENCY_MS)]
     db_latency_ms: u64,
+    /// How long an implementation may take to answer GET /ready with 200 after it starts, in
+    /// seconds (a first run that installs dependencies may need more).
+    #[arg(long, default_value_t = checker::env::DEFAULT_READY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    ready_timeout_secs: u64,
+}
+
+impl ServiceArgs {
+    fn options(&self, profile: Profile) -> EnvOptions {
+        EnvOptions {
+            profile,
+            db_latency_ms: self.db_latency_ms,
+            honour_env: true,
+            ready_timeout: std::time::Duration::from_secs(self.ready_timeout_secs),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -95,9 +110,10 @@ enum Command {
         services: ServiceArgs,
     },
     /// The next hint for a check (each run reveals one more, from a nudge to the fix). Without a
-    /// check: for the first check your workbench fails (it grades the workbench first).
+    /// check, or with a bar (stage-1…): for the first check your workbench fails there (it grades
+    /// the workbench first).
     Hint {
-        /// A check's name as `verify` prints it, e.g. queries_per_request.
+        /// A check's name as `verify` prints it (e.g. queries_per_request), or a bar (stage-2).
         check: Option<String>,
         /// Start again from the first hint.
         #[arg(long)]
@@ -155,10 +171,11 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "error".into()))
         .with_writer(std::io::stderr)
         .init();
-    // Ctrl-C drops the running command, so throwaway servers are stopped and their data deleted.
+    // Ctrl-C, a closed terminal or a `kill` drops the running command, so the implementations it
+    // started are stopped and the throwaway servers stopped and their data deleted.
     let outcome = tokio::select! {
         outcome = run(Cli::parse()) => outcome,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted; throwaway services stopped")),
+        signal = stop_signal() => Err(anyhow::anyhow!("{signal}; everything the checker started is stopped")),
     };
     match outcome {
         Ok(code) => code,
@@ -166,6 +183,20 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// The first of SIGINT (Ctrl-C), SIGTERM and SIGHUP.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+        _ = hangup.recv() => "hung up",
     }
 }
 
@@ -213,13 +244,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if format == Format::Text {
                 eprintln!("starting services and seeding the {} profile…", profile.name());
             }
-            let mut env = KataEnv::start(EnvOptions {
-                profile,
-                db_latency_ms: services.db_latency_ms,
-                honour_env: true,
-                ..EnvOptions::default()
-            })
-            .await?;
+            let mut env = KataEnv::start(services.options(profile)).await?;
             let report = checker::checks::verify(&mut env, stage, target).await?;
             match format {
                 Format::Text => print!("{}", report.to_text()),
@@ -228,15 +253,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(report.verdict.exit_code()));
         }
         Command::Hint { check, restart, services } => {
+            let bar = check.as_deref().and_then(|c| <StageId as ValueEnum>::from_str(c, true).ok());
             let check = match check {
-                Some(check) => check,
-                None => {
+                Some(check) if bar.is_none() => check,
+                _ => {
                     eprintln!("grading workbench/ to find its first failing check…");
                     let mut env = KataEnv::start(small(&services)).await?;
-                    match checker::learner::first_failing_check(&mut env).await? {
+                    match checker::learner::first_failing_check(&mut env, bar).await? {
                         Some(check) => check,
                         None => {
-                            println!("Your workbench passes every bar: no hint needed. Try docs/interview.md next.");
+                            println!(
+                                "Your workbench fails no check there: no hint needed. `cargo kata status` shows where it stands."
+                            );
                             return Ok(ExitCode::SUCCESS);
                         }
                     }
@@ -258,13 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reset { what: _, yes } => return reset_workbench(yes),
         Command::Explain { stage, user, profile, services } => {
-            let env = KataEnv::start(EnvOptions {
-                profile,
-                db_latency_ms: services.db_latency_ms,
-                honour_env: true,
-                ..EnvOptions::default()
-            })
-            .await?;
+            let env = KataEnv::start(services.options(profile)).await?;
             print!("{}", checker::explain::on_demand(&env, stage, user).await?);
         }
     }
@@ -273,12 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// The small profile, for the learner's quick loops (status, watch).
 fn small(services: &ServiceArgs) -> EnvOptions {
-    EnvOptions {
-        profile: Profile::Small,
-        db_latency_ms: services.db_latency_ms,
-        honour_env: true,
-        ..EnvOptions::default()
-    }
+    services.options(Profile::Small)
 }
 
 fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
@@ -313,13 +330,7 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
 
 async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, services: ServiceArgs) -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL and Redis (or using DATABASE_URL / REDIS_URL) and seeding {}…", profile.name());
-    let env = KataEnv::start(EnvOptions {
-        profile,
-        db_latency_ms: services.db_latency_ms,
-        honour_env: true,
-        ..EnvOptions::default()
-    })
-    .await?;
+    let env = KataEnv::start(services.options(profile)).await?;
     let s = &env.services;
     println!("# services are up; in another shell:");
     println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);

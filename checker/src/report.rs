@@ -186,6 +186,8 @@ pub struct Report {
     /// The bar: `verify stage-N` runs the checks of stages 0..=N.
     pub stage: String,
     pub target: String,
+    /// How the target was named on the command line (`--target stage-1`, `--cmd "…"`, `--url …`).
+    pub invocation: String,
     pub verdict: Verdict,
     /// True only when every check passed.
     pub passed: bool,
@@ -199,10 +201,11 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn new(stage: &str, target: &str) -> Self {
+    pub fn new(stage: &str, target: &str, invocation: &str) -> Self {
         Self {
             stage: stage.to_owned(),
             target: target.to_owned(),
+            invocation: invocation.to_owned(),
             verdict: Verdict::Fail,
             passed: false,
             checks: Vec::new(),
@@ -241,7 +244,7 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         let env: Vec<String> = self.environment.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect();
-        let _ = writeln!(out, "checker verify {} --target {}   ({})", self.stage, self.target, env.join(", "));
+        let _ = writeln!(out, "cargo kata verify {} {}   ({})", self.stage, self.invocation, env.join(", "));
         out.push('\n');
         for check in &self.checks {
             let _ = writeln!(out, "  {:<8}  {:<30} {}", check.status.mark(), check.name, check.summary);
@@ -279,25 +282,24 @@ impl Report {
             }
             Verdict::Fail => {
                 let first_failed = self.failed().next();
-                let first = first_failed.and_then(|c| c.doc.clone()).unwrap_or_default();
                 let check = first_failed.map_or("", |c| c.name.as_str());
+                let read =
+                    first_failed.and_then(|c| c.doc.as_deref()).map_or(String::new(), |doc| format!("read {doc}, or "));
                 let others =
                     if unresolved > 0 { format!(" ({unresolved} not run or not applicable)") } else { String::new() };
                 let _ = writeln!(
                     out,
-                    "{}: {failed} of {total} checks failed{others}. Next: read {first}, or run `cargo kata hint {check}` for a nudge.",
+                    "{}: {failed} of {total} checks failed{others}. Next: {read}run `cargo kata hint {check}` for a nudge.",
                     self.stage
                 );
             }
             Verdict::NotProven => {
                 let _ = writeln!(
                     out,
-                    "{}: NOT PROVEN. {} of {total} checks passed and none failed, but {unresolved} could not be measured \
-                     (see above). To prove the whole bar, let the checker start the service itself: \
-                     `cargo kata verify {} --cmd \"<command that starts it>\"`.",
+                    "{}: NOT PROVEN. {} of {total} checks passed and none failed, but {unresolved} could not be \
+                     measured or did not apply; each says why above, and what would prove it.",
                     self.stage,
                     total - unresolved,
-                    self.stage
                 );
             }
         }

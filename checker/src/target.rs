@@ -82,8 +82,17 @@ impl Target {
     pub fn label(&self) -> String {
         match self {
             Self::Implementation(implementation) => implementation.name().to_owned(),
-            Self::Cmd(command) => format!("--cmd {command:?}"),
+            Self::Cmd(command) => command.clone(),
             Self::Urls(urls) => urls.join(","),
+        }
+    }
+
+    /// The command-line words that name it.
+    pub fn invocation(&self) -> String {
+        match self {
+            Self::Implementation(implementation) => format!("--target {}", implementation.name()),
+            Self::Cmd(command) => format!("--cmd {command:?}"),
+            Self::Urls(urls) => urls.iter().map(|u| format!("--url {u}")).collect::<Vec<_>>().join(" "),
         }
     }
 

@@ -73,8 +73,8 @@ mistakes! {
         also "posts.read_back", "plan.uses_timeline_index", "feed.order_is_total", "equivalence.stage_0";
     cut_in_rust: "cut-in-rust" at Stage1 fails "plan.uses_timeline_index" saying "no Limit node: the statement returns all";
     join_without_index: "join-without-index" at Stage1 fails "plan.uses_timeline_index" saying "posts is read by `Seq Scan on posts`";
-    ttl_without_jitter: "ttl-without-jitter" at Stage2 fails "cache.ttl_jitter" saying "spread 0 s";
-    ttl_one_day: "ttl-one-day" at Stage2 fails "cache.ttl_jitter" saying "(window 268..330 s)";
+    ttl_without_jitter: "ttl-without-jitter" at Stage2 fails "cache.ttl_jitter" saying "spread";
+    ttl_one_day: "ttl-one-day" at Stage2 fails "cache.ttl_jitter" saying "(window ";
     no_ttl: "no-ttl" at Stage2 fails "cache.ttl_jitter" saying "have no expiry at all";
     no_invalidation: "no-invalidation" at Stage2 fails "cache.invalidation" saying "0 of 6 show it first",
         also "cache.race_fill_vs_post", "cache.race_read_during_post";
@@ -90,10 +90,10 @@ mistakes! {
         also "ratelimit.two_instances", "ratelimit.spoofed_headers", "ratelimit.headers", "ratelimit.refill";
     bucket_by_forwarded_for: "bucket-by-forwarded-for" at Stage3 fails "ratelimit.spoofed_headers" saying "1000 admitted",
         also "ratelimit.two_instances", "ratelimit.isolation", "ratelimit.headers", "ratelimit.refill";
-    bucket_in_memory: "bucket-in-memory" at Stage3 fails "ratelimit.two_instances" saying "120 admitted";
+    bucket_in_memory: "bucket-in-memory" at Stage3 fails "ratelimit.two_instances" saying "burst split across two instances sharing Redis";
     get_then_set: "get-then-set" at Stage3 fails "ratelimit.burst" saying "limited of 1000",
         also "ratelimit.two_instances", "ratelimit.isolation", "ratelimit.spoofed_headers", "ratelimit.refill";
-    fixed_window: "fixed-window" at Stage3 fails "ratelimit.refill" saying "after 3 s 0 of 60 admitted",
+    fixed_window: "fixed-window" at Stage3 fails "ratelimit.refill" saying "after 3 s 0 of",
         also "ratelimit.burst", "ratelimit.isolation";
     no_retry_after: "no-retry-after" at Stage3 fails "ratelimit.burst" saying "every 429 had Retry-After ≥ 1: no";
     limit_health_too: "limit-health-too" at Stage3 fails "ratelimit.probes_unlimited" saying "429";

@@ -178,7 +178,7 @@ async def caller(request: Request) -> int:
     header = request.headers.get("authorization")
     if header is None:
         raise unauthorized("missing Authorization header; send `Authorization: Bearer <token>` "
-                           "(mint one with `checker token --user ID`)")
+                           "(mint one with `cargo kata token --user ID`)")
     if not header.startswith(("Bearer ", "bearer ")):
         raise unauthorized("Authorization header must be `Bearer <token>`")
     try:

@@ -2,12 +2,11 @@
 //! binary running as its own process, as it would in production.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use feed_core::seed::{DEFAULT_SEED, Profile};
-use kata_services::{Options, Services};
+use kata_services::{AppProcess, Launch, Options, Services};
 use sqlx::postgres::PgPoolOptions;
 
 /// The workspace this crate was built in: where `cargo build -p stage-N` runs.
@@ -78,69 +77,23 @@ pub fn build_stages(stages: &[u8]) -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
-/// A stage binary running as a child process; killed when stopped or dropped.
-pub struct StageProcess {
-    child: tokio::process::Child,
-    pub base_url: String,
-    log: PathBuf,
-}
-
-impl StageProcess {
-    /// Start `stage-N` from `bin_dir` against `env` and wait until it is ready.
-    pub async fn start(bin_dir: &Path, stage: u8, env: &Environment, jwt_secret: &str) -> anyhow::Result<Self> {
-        // Each stage runs on the schema its own migrations give it (stage-0: no timeline index).
-        let db = PgPoolOptions::new().max_connections(1).connect(&env.services.database_url).await?;
-        feed_core::db::reset_to_core_schema(&db).await?;
-        db.close().await;
-        let binary = bin_dir.join(format!("stage-{stage}"));
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let log = std::env::temp_dir().join(format!("loadtest-stage-{stage}.log"));
-        let log_file = std::fs::File::create(&log)?;
-        let child = tokio::process::Command::new(&binary)
-            // Through the latency proxy: the service must pay for every round trip it makes.
-            .env("DATABASE_URL", &env.services.service_database_url)
-            .env("REDIS_URL", &env.services.redis_url)
-            .env("LISTEN_ADDR", &addr)
-            .env("JWT_SECRET", jwt_secret)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        println!("started stage-{stage} on {addr} (its log: {})", log.display());
-        let mut process = Self { child, base_url: format!("http://{addr}"), log };
-        process.wait_ready().await?;
-        Ok(process)
-    }
-
-    async fn wait_ready(&mut self) -> anyhow::Result<()> {
-        let client = reqwest::Client::new();
-        let url = format!("{}/ready", self.base_url);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("the service exited ({status}) before it was ready; see {}", self.log.display());
-            }
-            let ready = client.get(&url).send().await.is_ok_and(|r| r.status().is_success());
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("{url} did not answer 200 within {READY_TIMEOUT:?}; see {}", self.log.display());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    pub async fn stop(mut self) -> anyhow::Result<()> {
-        self.child.kill().await?;
-        Ok(())
-    }
-}
-
-/// A free TCP port on 127.0.0.1, chosen by the OS (another process could take it before the
-/// service binds it; unlikely enough for a local tool).
-fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Start `stage-N` from `bin_dir` against `env` as its own process (the same way the checker
+/// starts an implementation), on the schema its own migrations give it, and wait until ready.
+/// It stops when dropped; on failure the error shows its last output.
+pub async fn start_stage(bin_dir: &Path, stage: u8, env: &Environment, jwt_secret: &str) -> anyhow::Result<AppProcess> {
+    // Each stage runs on the schema its own migrations give it (stage-0: no timeline index).
+    let db = PgPoolOptions::new().max_connections(1).connect(&env.services.database_url).await?;
+    feed_core::db::reset_to_core_schema(&db).await?;
+    db.close().await;
+    let settings = [
+        // Through the latency proxy: the service must pay for every round trip it makes.
+        ("DATABASE_URL".to_owned(), env.services.service_database_url.clone()),
+        ("REDIS_URL".to_owned(), env.services.redis_url.clone()),
+        ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
+    ];
+    let process = AppProcess::start(&Launch::Program(bin_dir.join(format!("stage-{stage}"))), &settings, READY_TIMEOUT)
+        .await
+        .with_context(|| format!("starting stage-{stage}"))?;
+    println!("started stage-{stage} on {}", process.base_url);
+    Ok(process)
 }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::{Common, MatrixArgs, RunArgs};
-use crate::harness::{Environment, StageProcess, build_stages};
+use crate::harness::{Environment, build_stages, start_stage};
 use crate::load::Plan;
 use crate::probes::Probes;
 use crate::report::{self, Row};
@@ -27,9 +27,9 @@ pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
             let bin_dir = build_stages(&[stage])?;
             let env = Environment::start(args.common.db_latency_ms).await?;
             let probes = Probes::connect(Some(&env.services.database_url)).await?;
-            let service = StageProcess::start(&bin_dir, stage, &env, &args.common.jwt_secret).await?;
+            let service = start_stage(&bin_dir, stage, &env, &args.common.jwt_secret).await?;
             let row = measure(stage, args.users, &service.base_url, &probes, &args.common, args.report_file).await;
-            service.stop().await?;
+            drop(service);
             row?
         }
     };
@@ -55,9 +55,9 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|dir| dir.join(format!("stage-{stage}-{users}.html")).display().to_string())
             .collect();
-        let service = StageProcess::start(&bin_dir, stage, &env, &args.common.jwt_secret).await?;
+        let service = start_stage(&bin_dir, stage, &env, &args.common.jwt_secret).await?;
         let row = measure(stage, users, &service.base_url, &probes, &args.common, report_files).await;
-        service.stop().await?;
+        drop(service);
         let row = row?;
         print!("{}", report::markdown(std::slice::from_ref(&row)));
         rows.push(row);

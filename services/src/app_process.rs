@@ -5,7 +5,7 @@
 //!
 //! The process gets a process group of its own, so a shell command (`sh -c "…"`) and everything
 //! it starts are stopped together: SIGTERM first (a clean shutdown), SIGKILL if it lingers. That
-//! happens on [`AppProcess::stop`] and on drop, which covers errors, panics and Ctrl-C.
+//! happens on [`AppProcess::stop_now`] and on drop, which covers errors, panics and Ctrl-C.
 
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::process::{Child, Command, Stdio};
@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 /// How a service is started.
 #[derive(Debug, Clone)]
 pub enum Launch {
-    /// A program and its arguments (a stage binary cargo built).
-    Program { program: std::path::PathBuf, args: Vec<String> },
+    /// A binary cargo built (a stage, the workbench).
+    Program(std::path::PathBuf),
     /// A shell command line, run with `sh -c` (any language: `python app.py`, `./run.sh`).
     Shell(String),
 }
@@ -27,14 +27,30 @@ pub enum Launch {
 impl std::fmt::Display for Launch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Program { program, args } => {
-                write!(f, "{}", program.display())?;
-                args.iter().try_for_each(|a| write!(f, " {a}"))
-            }
+            Self::Program(program) => write!(f, "{}", program.display()),
             Self::Shell(command) => f.write_str(command),
         }
     }
 }
+
+/// The service settings of `.env.example`. A graded process gets none of them from the shell
+/// that runs the checker (a `CACHE_TTL_SECS=5` left from an experiment would fail the reference
+/// stage): only what the checker sets on purpose.
+const SERVICE_SETTINGS: [&str; 13] = [
+    "LISTEN_ADDR",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "JWT_SECRET",
+    "DB_POOL_SIZE",
+    "DB_ACQUIRE_TIMEOUT_MS",
+    "CACHE_TTL_SECS",
+    "CACHE_TTL_JITTER_PCT",
+    "RATE_FREE_PER_MIN",
+    "RATE_FREE_BURST",
+    "RATE_PRO_PER_MIN",
+    "RATE_PRO_BURST",
+    "RATE_LIMIT_ON_REDIS_ERROR",
+];
 
 /// Why a service did not come up. The message carries the evidence: the exit status or what
 /// `/ready` last answered, and the last lines the process printed.
@@ -48,6 +64,8 @@ pub struct StartFailure {
 
 pub struct AppProcess {
     child: Option<Child>,
+    /// The process group: everything the command started, even after the leader has exited.
+    group: Pid,
     pub base_url: String,
     log: tempfile::NamedTempFile,
     launch: Launch,
@@ -68,11 +86,7 @@ impl AppProcess {
         };
         let log = tempfile::Builder::new().prefix("kata-app-").suffix(".log").tempfile()?;
         let mut command = match launch {
-            Launch::Program { program, args } => {
-                let mut c = Command::new(program);
-                c.args(args);
-                c
-            }
+            Launch::Program(program) => Command::new(program),
             Launch::Shell(line) => {
                 let mut c = Command::new("sh");
                 c.arg("-c").arg(line);
@@ -80,6 +94,9 @@ impl AppProcess {
             }
         };
         use std::os::unix::process::CommandExt as _;
+        for name in SERVICE_SETTINGS {
+            command.env_remove(name);
+        }
         command
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LISTEN_ADDR", &addr)
@@ -89,7 +106,9 @@ impl AppProcess {
             // Its own process group: stopping it stops whatever a shell command started too.
             .process_group(0);
         let child = command.spawn().with_context(|| format!("starting `{launch}`"))?;
-        let mut process = Self { child: Some(child), base_url: format!("http://{addr}"), log, launch: launch.clone() };
+        let group = Pid::from_raw(child.id() as i32);
+        let mut process =
+            Self { child: Some(child), group, base_url: format!("http://{addr}"), log, launch: launch.clone() };
         process.wait_ready(&addr, ready_timeout).await?;
         Ok(process)
     }
@@ -101,7 +120,8 @@ impl AppProcess {
         let mut last = format!("nothing answered on {addr} (the LISTEN_ADDR it was given)");
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                self.child = None;
+                // Whatever it started in the background goes with it.
+                self.stop_now();
                 return Err(self.failure(format!("it exited ({status}) before answering GET /ready with 200")).into());
             }
             match client.get(&url).send().await {
@@ -140,26 +160,16 @@ impl AppProcess {
         if tail.is_empty() { "(no output)".into() } else { tail }
     }
 
-    /// Is the process still running?
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
-    }
-
-    /// SIGTERM to the whole group, then SIGKILL after a grace period.
+    /// SIGTERM to the whole group, then SIGKILL after a grace period; whatever the leader left
+    /// in the group is killed too (also when the leader had already exited).
     pub fn stop_now(&mut self) {
         let Some(mut child) = self.child.take() else { return };
-        let group = Pid::from_raw(child.id() as i32);
-        let _ = killpg(group, Signal::SIGTERM);
+        let _ = killpg(self.group, Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if child.try_wait().ok().flatten().is_some() {
-                // The leader is gone; anything it left in the group goes too.
-                let _ = killpg(group, Signal::SIGKILL);
-                return;
-            }
+        while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = killpg(group, Signal::SIGKILL);
+        let _ = killpg(self.group, Signal::SIGKILL);
         let _ = child.wait();
     }
 }

@@ -31,12 +31,15 @@ pub struct LatencyProxy {
 struct Hold {
     min_bytes: AtomicUsize,
     extra_ms: AtomicU64,
+    /// Chunks held so far: the checker waits for the first before it lets the race go on.
+    held: AtomicUsize,
 }
 
 impl Hold {
     fn extra_for(&self, bytes: usize) -> Duration {
         let min = self.min_bytes.load(Ordering::Relaxed);
         if min > 0 && bytes >= min {
+            self.held.fetch_add(1, Ordering::Relaxed);
             Duration::from_millis(self.extra_ms.load(Ordering::Relaxed))
         } else {
             Duration::ZERO
@@ -80,6 +83,11 @@ impl LatencyProxy {
     pub fn hold_large_replies(&self, min_bytes: usize, extra: Duration) {
         self.hold.extra_ms.store(extra.as_millis() as u64, Ordering::Relaxed);
         self.hold.min_bytes.store(min_bytes.max(1), Ordering::Relaxed);
+    }
+
+    /// How many reply chunks have been held since the proxy started.
+    pub fn held_replies(&self) -> usize {
+        self.hold.held.load(Ordering::Relaxed)
     }
 
     pub fn release(&self) {

@@ -323,16 +323,28 @@ async fn race_fill_vs_post(run: &Run<'_>, caches: bool) -> anyhow::Result<Check>
     let token = run.token(owner);
     run.env.flush_redis().await?;
     // A page of feed rows is kilobytes; an INSERT's reply is a few hundred bytes.
+    let held_before = proxy.held_replies();
     proxy.hold_large_replies(1024, HOLD);
     let reader = run.api.feed(&token, "");
     let writer = async {
-        // Let the reader's statement run and its reply reach the proxy first.
-        tokio::time::sleep(HOLD / 3).await;
-        post(run, run.second.as_ref().unwrap_or(&run.api), owner, author, "racing a cold fill").await
+        // Only once the reader's page is held in the proxy (its query has run): then the post.
+        let deadline = Instant::now() + HOLD;
+        while proxy.held_replies() == held_before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let held = proxy.held_replies() > held_before;
+        (held, post(run, run.second.as_ref().unwrap_or(&run.api), owner, author, "racing a cold fill").await)
     };
-    let (read, created) = tokio::join!(reader, writer);
+    let (read, (held, created)) = tokio::join!(reader, writer);
     proxy.release();
     let (read, created) = (read?, created?);
+    if !held {
+        // The read never fetched a page from the database: nothing raced.
+        return Ok(Check::not_applicable(
+            NAME,
+            "the cold read fetched no page of 1 KiB or more from the database, so no fill could be held",
+        ));
+    }
     let post_id = created.json().map(|p| p["id"].clone()).unwrap_or_default();
     // The reader's page came from before the post: that is fine. What comes next must not be.
     tokio::time::sleep(Duration::from_millis(50)).await;

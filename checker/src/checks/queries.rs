@@ -19,9 +19,20 @@ const REQUESTS: usize = 5;
 const PAGE_SIZES: [i64; 3] = [5, 20, 100];
 
 pub async fn run(run: &mut Run<'_>, report: &mut Report) {
-    match measure(run, report).await {
-        Ok(()) => {}
-        Err(e) => report.push(Check::errored("queries_per_request", &e)),
+    let before = report.checks.len();
+    if let Err(e) = measure(run, report).await {
+        // Whatever was not reported yet: the headline as errored, the plan checks as not run.
+        let reported: Vec<String> = report.checks[before..].iter().map(|c| c.name.clone()).collect();
+        if !reported.iter().any(|n| n == "queries_per_request") {
+            report.push(Check::errored("queries_per_request", &e));
+        }
+        if run.bar >= StageId::Stage1 {
+            for name in ["plan.uses_timeline_index", "feed.order_is_total"] {
+                if !reported.iter().any(|n| n == name) {
+                    report.push(Check::not_run(name, "statements per request could not be measured"));
+                }
+            }
+        }
     }
 }
 
@@ -73,7 +84,10 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
         pgss::table(&pgss::by_total_time(statements.clone()), 3)
     ));
 
-    let sizes = per_size.iter().map(|(size, n)| format!("{n} at limit {size}")).collect::<Vec<_>>().join(", ");
+    // Averages over the requests: whole numbers print as such, others with one decimal.
+    let n = |x: f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") };
+    let sizes = per_size.iter().map(|(size, x)| format!("{} at limit {size}", n(*x))).collect::<Vec<_>>().join(", ");
+    let edge = n(edge_per_request);
     let check = if run.bar == StageId::Stage0 {
         let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
         let calls = statements
@@ -85,31 +99,35 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
             "queries_per_request",
             per_request,
             expected,
-            format!("{per_request} statements per feed request (limit 20), as shipped: {calls}"),
+            format!("{} statements per feed request (limit 20), as shipped: {calls}", n(per_request)),
         )
         .evidence(pgss::table(&statements, 6))
         .on_failure("docs/stage-0.md")
     } else {
         // At least one: a feed that ran no statement on a cold cache did not come from the database.
         let most = Expectation::Between(1.0, contract::MAX_STATEMENTS_PER_REQUEST as f64);
-        let counts: Vec<f64> = per_size.iter().map(|(_, n)| *n).chain([edge_per_request]).collect();
-        let flat = counts.iter().all(|&n| n == counts[0]);
-        let passed = flat && counts.iter().all(|&n| most.holds(n));
+        // Flat over the page sizes; a short or empty timeline may take fewer (no authors to load).
+        let counts: Vec<f64> = per_size.iter().map(|(_, x)| *x).collect();
+        let flat = counts.iter().all(|&x| x == counts[0]);
+        let passed = flat && counts.iter().chain([&edge_per_request]).all(|&x| most.holds(x));
         let summary = match (passed, counts[0]) {
             (true, 1.0) => format!(
-                "1 statement per feed request at every page size ({sizes}; short and empty timelines: 1): one round trip"
+                "1 statement per feed request at every page size ({sizes}; short and empty timelines: {edge}): one round trip"
             ),
-            (true, n) => format!(
-                "{n} statements per feed request at every page size ({sizes}; short and empty timelines: {edge_per_request}): \
-                 it does not grow with the page. One statement would save a round trip per request"
+            (true, x) => format!(
+                "{} statements per feed request at every page size ({sizes}; short and empty timelines: {edge}): \
+                 it does not grow with the page. One statement would save a round trip per request",
+                n(x)
             ),
             (false, _) if !flat => format!(
-                "statements per request change with the page size: {sizes}; short and empty timelines: {edge_per_request} \
+                "statements per request change with the page size: {sizes}; short and empty timelines: {edge} \
                  (expected the same at every size, {most})"
             ),
-            (false, _) => format!(
-                "{sizes}; short and empty timelines: {edge_per_request} statements per request (expected {most} at every size)"
-            ),
+            (false, _) => {
+                format!(
+                    "{sizes}; short and empty timelines: {edge} statements per request (expected {most} at every size)"
+                )
+            }
         };
         let mut measured = serde_json::Map::new();
         for (size, n) in &per_size {
@@ -132,8 +150,10 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
     };
     report.push(check);
 
-    if let Some(top) = statements.first().filter(|_| run.bar == StageId::Stage0) {
-        let plan = explain(&run.env.admin, &top.query, users[0], 20, false).await?;
+    // Diagnosis only: best effort, never a failed check.
+    if let Some(top) = statements.first().filter(|_| run.bar == StageId::Stage0)
+        && let Ok(plan) = explain(&run.env.admin, &top.query, users[0], 20, false).await
+    {
         report.diagnosis.push(format!(
             "EXPLAIN (ANALYZE, BUFFERS) of the most-called statement, {} — fast on its own; the cost is the number of calls:\n{}",
             top.snippet(60),
@@ -172,21 +192,15 @@ async fn plan_check(run: &Run<'_>, report: &mut Report, statements: &[Statement]
     ));
     report.metric("feed_statement_execution_ms", execution_ms);
 
-    let timeline_index: Option<String> = sqlx::query_scalar(
-        "select indexname::text from pg_indexes where tablename = 'posts'
-           and indexdef like '%(user_id, created_at DESC, id DESC)%' limit 1",
-    )
-    .fetch_optional(&run.env.admin)
-    .await?;
+    // Judged by the plan's shape, not by one index definition: any index that hands over one
+    // user's posts already in the feed's order (forward or backward) passes. The symptom is said
+    // in the plan's own words; which index would cure it is the learner's to find.
     let on_posts: Vec<&PlanNode> = nodes.iter().filter(|n| n.relation.as_deref() == Some("posts")).collect();
     let mut problems = Vec::new();
-    // The symptom, in the plan's own words; which index would cure it is the learner's to find.
     for node in &on_posts {
-        if !node.node.starts_with("Index") || timeline_index.is_none() || node.index != timeline_index {
-            problems.push(format!(
-                "posts is read by `{}`, not in the feed's order by an index on the timeline",
-                node.line().trim()
-            ));
+        let by_user = node.condition.as_deref().is_some_and(|c| c.contains("user_id"));
+        if !node.node.starts_with("Index") || !by_user {
+            problems.push(format!("posts is read by `{}`, not one timeline's rows by an index", node.line().trim()));
         }
     }
     if on_posts.is_empty() {
@@ -205,12 +219,10 @@ async fn plan_check(run: &Run<'_>, report: &mut Report, statements: &[Statement]
         NAME,
         problems.is_empty(),
         json!({ "shape": lines, "execution_ms": execution_ms }),
-        "a Limit over an Index Scan of posts via (user_id, created_at desc, id desc); no Seq Scan on posts; no Sort",
+        "a Limit over an index scan of one timeline's posts, already in the feed's order: no Seq Scan, no Sort",
         if problems.is_empty() {
-            format!(
-                "posts read in order through {}, no sort; executes in {execution_ms:.3} ms",
-                timeline_index.unwrap_or_default()
-            )
+            let index = on_posts.iter().find_map(|n| n.index.clone()).unwrap_or_default();
+            format!("posts read in order through {index}, no sort; executes in {execution_ms:.3} ms")
         } else {
             problems.join("; ")
         },

@@ -28,8 +28,8 @@ const BURST: usize = 1000;
 const CONNECTIONS: usize = 50;
 
 /// The tiers (docs/stage-3.md): bucket size and refill per second.
-const FREE: (f64, f64) = (contract::FREE.burst as f64, contract::FREE.per_min as f64 / 60.0);
-const PRO: (f64, f64) = (contract::PRO.burst as f64, contract::PRO.per_min as f64 / 60.0);
+const FREE: (f64, f64) = (contract::FREE.burst as f64, contract::FREE.per_sec());
+const PRO: (f64, f64) = (contract::PRO.burst as f64, contract::PRO.per_sec());
 
 /// What a burst produced.
 struct Burst {
@@ -308,22 +308,43 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
         })
         .collect();
     let policy = seen.first().and_then(|s| s.0.clone());
-    let policy_ok = seen.iter().all(|(p, _)| p.as_deref().is_some_and(|p| p.contains("q=60") && p.contains("w=60")));
-    // A fresh bucket of 60: 59 left after the first request, 55 after the fifth (+ refill).
-    let counts_down = remaining.first() == Some(&Some(59))
-        && remaining.last().copied().flatten().is_some_and(|last| (55..=55 + refill).contains(&last));
+    // The policy names the bucket: its size, per the time it takes to refill it.
+    let (size, window) = (FREE.0 as u64, (FREE.0 / FREE.1).ceil() as u64);
+    let wanted_policy = format!("\"free\";q={size};w={window}");
+    let policy_ok = seen.iter().all(|(p, _)| {
+        p.as_deref().is_some_and(|p| {
+            let parts: Vec<&str> = p.split(';').map(str::trim).collect();
+            parts.contains(&"\"free\"")
+                && parts.contains(&format!("q={size}").as_str())
+                && parts.contains(&format!("w={window}").as_str())
+        })
+    });
+    // A fresh bucket: one fewer after the first request, five fewer after the fifth (+ refill).
+    let first = Expectation::Exactly((size - 1) as f64);
+    let last = Expectation::Between((size - 5) as f64, (size - 5 + refill) as f64);
+    let counts_down = remaining.first().copied().flatten().is_some_and(|r| first.holds(r as f64))
+        && remaining.last().copied().flatten().is_some_and(|r| last.holds(r as f64));
     Ok(Check::new(
         "ratelimit.headers",
         policy_ok && counts_down,
         json!({ "remaining": remaining, "policy": policy }),
-        json!({ "remaining": format!("59 first, then down to 55 (+ up to {refill} refilled)"), "policy": "\"free\";q=60;w=60" }),
+        json!({ "remaining_first": first, "remaining_fifth": last, "policy": wanted_policy }),
         if policy_ok && counts_down {
-            format!("RateLimit-Policy {} on every response; RateLimit remaining counts down from 59", policy.unwrap_or_default())
+            format!(
+                "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}",
+                policy.unwrap_or_default(),
+                size - 1
+            )
         } else {
-            format!("RateLimit-Policy {}; RateLimit remaining {remaining:?} over 5 requests", policy.unwrap_or_else(|| "missing".into()))
+            format!(
+                "RateLimit-Policy {}; RateLimit remaining {remaining:?} over 5 requests",
+                policy.unwrap_or_else(|| "missing".into())
+            )
         },
     )
-    .evidence(seen.iter().map(|(p, s)| format!("RateLimit-Policy: {p:?}  RateLimit: {s:?}")).collect::<Vec<_>>().join("\n"))
+    .evidence(
+        seen.iter().map(|(p, s)| format!("RateLimit-Policy: {p:?}  RateLimit: {s:?}")).collect::<Vec<_>>().join("\n"),
+    )
     .on_failure(DOC))
 }
 
@@ -343,7 +364,8 @@ async fn refill(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
         let emptied = Instant::now();
         tokio::time::sleep(WAIT).await;
         let second_started = Instant::now();
-        let second = burst(&[&run.api], token, (*capacity as usize).min(60), false).await;
+        // Enough to take everything a wait of WAIT can refill, with room to spare.
+        let second = burst(&[&run.api], token, (per_sec * WAIT.as_secs_f64() * 2.0).ceil() as usize + 10, false).await;
         // At least what refilled between the two bursts, at most what refilled from the first
         // request of the first burst to the last of the second; ± 1 for the token being counted.
         let low = (per_sec * (second_started - emptied).as_secs_f64()).floor() - 1.0;

@@ -16,8 +16,9 @@ create table posts (
     created_at timestamptz not null default now()
 );
 
--- No index for reading a timeline here: the schema as it shipped. Which index the feed needs is
--- part of the fix, so each stage owns that migration (stages/stage-1/migrations/).
+-- The feed asks for one timeline, newest first, ties broken by id. An index in exactly that order
+-- lets Postgres read the first N entries and stop: no scan of the timeline, no sort.
+create index idx_posts_user_created on posts (user_id, created_at desc, id desc);
 
 -- Which seed profile is loaded, so re-seeding the same profile is a no-op.
 create table kata_seed (

@@ -104,7 +104,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let header = request.headers().get(AUTHORIZATION).ok_or_else(|| {
-        ApiError::Unauthorized("missing Authorization header; send `Authorization: Bearer <token>` (mint one with `checker token --user ID`)".into())
+        ApiError::Unauthorized("missing Authorization header; send `Authorization: Bearer <token>` (mint one with `cargo kata token --user ID`)".into())
     })?;
     let token = header
         .to_str()

@@ -28,8 +28,8 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    pub fn per_sec(self) -> f64 {
-        f64::from(self.per_min) / 60.0
+    pub const fn per_sec(self) -> f64 {
+        self.per_min as f64 / 60.0
     }
 }
 
