@@ -225,13 +225,38 @@ pub async fn watch(env: &mut KataEnv, only: Option<StageId>) -> anyhow::Result<(
     debouncer.watcher().watch(&workbench_dir(), RecursiveMode::Recursive)?;
     let bars = only.map_or_else(|| vec![StageId::Stage1, StageId::Stage2, StageId::Stage3], |bar| vec![bar]);
     loop {
+        let graded = fingerprint(&workbench_dir());
         let stamp = chrono::Local::now().format("%H:%M:%S");
         println!("[{stamp}] {}", watch_once(env, &bars).await?);
         println!("watching workbench/ for changes (Ctrl-C stops)…");
-        saves.recv().await.ok_or_else(|| anyhow::anyhow!("the file watcher stopped"))?;
-        // One run for a burst of saves.
-        while saves.try_recv().is_ok() {}
+        // Until a save changes something: the compiler reading the files is an event too.
+        loop {
+            saves.recv().await.ok_or_else(|| anyhow::anyhow!("the file watcher stopped"))?;
+            // One run for a burst of saves.
+            while saves.try_recv().is_ok() {}
+            if fingerprint(&workbench_dir()) != graded {
+                break;
+            }
+        }
     }
+}
+
+/// Path, size and modification time of every file under `src/` and `migrations/`, and the
+/// manifest: what a save changes.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+    let mut files = vec![dir.join("Cargo.toml")];
+    for sub in ["src", "migrations"] {
+        files.extend(std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten().map(|e| e.path()));
+    }
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(&path).ok();
+            let (len, modified) = meta.map_or((0, None), |m| (m.len(), m.modified().ok()));
+            (path, len, modified)
+        })
+        .collect()
 }
 
 /// One grading of the workbench against `bars` in turn, up to the first it fails.
