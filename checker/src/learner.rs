@@ -78,6 +78,10 @@ pub fn hints(check: &str) -> &'static [&'static str] {
             "Let one request recompute a missing key while the others wait for its value, across every instance (so the lock lives in Redis).",
             "On a miss: `SET feed:v1:user:{id}:lock <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls GET every ~20 ms for up to a second, then reads Postgres.",
         ],
+        "postgres_down" => &[
+            "With the database gone, what the service cannot answer it must refuse quickly and clearly: 503 with a problem body, not a hang, not a 500. And it must recover by itself.",
+            "Bound every wait on the database (a pool acquire timeout, a statement timeout) and map connection errors to 503; the core's ApiError does this for sqlx errors.",
+        ],
         "redis_down" => &[
             "The cache is an optimisation: with Redis stopped, the feed must still answer 200 from Postgres, and hits must come back when Redis does, without a restart.",
             "Wrap each Redis call in `feed_core::app::redis_call` (a deadline) and treat any error as a miss: read the inner source, log and count it, never answer 5xx.",

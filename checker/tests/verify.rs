@@ -179,7 +179,7 @@ async fn any_implementation_is_graded_by_url_alone() {
     assert_eq!(report.failed().count(), 0, "{}", report.to_text());
     // What needs the process in hand is not proven, and so neither is the bar: never a pass.
     let unproven: Vec<&str> = report.unresolved().map(|c| c.name.as_str()).collect();
-    assert_eq!(unproven, ["cache.race_fill_vs_post", "redis_down"]);
+    assert_eq!(unproven, ["cache.race_fill_vs_post", "redis_down", "postgres_down"]);
     assert_eq!(report.verdict, Verdict::NotProven);
     assert_eq!(report.verdict.exit_code(), 3);
     assert!(report.to_text().contains("stage-2: NOT PROVEN"), "{}", report.to_text());

@@ -15,7 +15,9 @@ pub struct Postgres {
     /// `None` once stopped, so a stopped server is never signalled again (its pid may be reused).
     child: Option<Child>,
     port: u16,
-    _dir: tempfile::TempDir,
+    bindir: PathBuf,
+    run_as: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    dir: tempfile::TempDir,
 }
 
 const SUPERUSER: &str = "kata";
@@ -45,17 +47,27 @@ impl Postgres {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
         }
 
-        let port = crate::free_port()?;
-        let log = std::fs::File::create(dir.path().join("postgres.log"))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(dir.path().join("postgres.log"), Some(uid.as_raw()), Some(gid.as_raw()))?;
+        let mut pg = Self { child: None, port: crate::free_port()?, bindir, run_as, dir };
+        pg.spawn()?;
+        pg.wait_ready().await?;
+        sqlx::query("create database kata").execute(&mut pg.admin().await?).await?;
+        Ok(pg)
+    }
+
+    /// Start the server process on the cluster in our directory (again after a stop: same port,
+    /// same data, as after a real restart; a stop is an immediate shutdown, so it recovers first).
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("postgres.log"))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(dir.join("postgres.log"), Some(uid.as_raw()), Some(gid.as_raw()))?;
         }
-        let mut postgres = Command::new(bindir.join("postgres"));
+        let mut postgres = Command::new(self.bindir.join("postgres"));
         postgres
             .arg("-D")
-            .arg(&data)
-            .args(["-p", &port.to_string(), "-k"])
-            .arg(dir.path())
+            .arg(dir.join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(dir)
             .args([
                 "-c",
                 "listen_addresses=127.0.0.1",
@@ -77,10 +89,19 @@ impl Postgres {
             ])
             .stdout(Stdio::null())
             .stderr(log);
-        let child = as_user(&mut postgres, run_as).spawn().context("starting postgres")?;
-        let pg = Self { child: Some(child), port, _dir: dir };
-        pg.wait_ready().await?;
-        Ok(pg)
+        self.child = Some(as_user(&mut postgres, self.run_as).spawn().context("starting postgres")?);
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Start the server again after [`Self::stop`] and wait until it accepts connections.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready().await
     }
 
     /// `postgres://kata@127.0.0.1:PORT/kata`: superuser, trust authentication, loopback only.
@@ -88,17 +109,18 @@ impl Postgres {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{DATABASE}", self.port)
     }
 
+    /// A connection to the `postgres` maintenance database.
+    async fn admin(&self) -> Result<sqlx::postgres::PgConnection, sqlx::Error> {
+        sqlx::postgres::PgConnection::connect(&format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", self.port)).await
+    }
+
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let admin = format!("postgres://{SUPERUSER}@127.0.0.1:{}/postgres", self.port);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            match sqlx::postgres::PgConnection::connect(&admin).await {
-                Ok(mut conn) => {
-                    sqlx::query("create database kata").execute(&mut conn).await?;
-                    return Ok(());
-                }
+            match self.admin().await {
+                Ok(_) => return Ok(()),
                 Err(e) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(self._dir.path().join("postgres.log")).unwrap_or_default();
+                    let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
                     bail!("postgres did not accept connections within 30 s: {e}\n{log}");
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

@@ -3,6 +3,10 @@
 use feed_core::auth::{Claims, JwtKeys, Tier};
 use reqwest::header::CONTENT_TYPE;
 
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
 use super::{Run, describe, normalise};
 use crate::report::{Check, Report};
 
@@ -144,4 +148,83 @@ async fn post_read_back(run: &Run<'_>) -> Checked {
 
 fn rand_suffix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Stop Postgres: what needs the database answers 503 problem+json, never a hang or a 500, and
+/// `/ready` says so; start it again: the service answers 200 without being restarted.
+pub async fn postgres_down(run: &mut Run<'_>, report: &mut Report) {
+    const NAME: &str = "postgres_down";
+    if run.launch.is_none() {
+        report.push(Check::not_proven(
+            NAME,
+            "the checker did not start this service, so it will not stop the database under it",
+        ));
+        return;
+    }
+    if run.env.services.owned_postgres().is_none() {
+        report.push(Check::not_proven(
+            NAME,
+            "DATABASE_URL points at a PostgreSQL the checker did not start; it will not stop yours (unset DATABASE_URL)",
+        ));
+        return;
+    }
+    let result: anyhow::Result<Check> = async {
+        // Timelines nobody read yet: a cache cannot answer them, the database must.
+        let [cold, other, author] = [run.users.full(112, 1)[0], run.users.full(113, 1)[0], run.users.full(114, 1)[0]];
+        run.env.flush_redis().await?;
+        run.env.services.owned_postgres().expect("checked above").stop();
+        let started = Instant::now();
+        let body = serde_json::json!({ "user_id": other, "body": "while the database is down" });
+        let cold_token = run.token(cold);
+        let (feed, posted, ready) = futures::join!(
+            run.api.feed(&cold_token, ""),
+            run.api.send(run.api.post("/api/posts").bearer_auth(run.token(author)).json(&body)),
+            run.api.send(run.api.get("/ready")),
+        );
+        let down_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (feed, posted, ready) = (feed?, posted?, ready?);
+        run.env.services.owned_postgres().expect("checked above").restart().await?;
+        // Pooled connections died with the server; the pool must replace them by itself.
+        let mut attempts = 0;
+        let resumed = loop {
+            attempts += 1;
+            if run.api.feed(&run.token(cold), "").await?.status == 200 {
+                break true;
+            }
+            if attempts == 50 {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let unavailable = |r: &crate::client::Reply| r.status == 503 && r.is_problem_json();
+        let passed = unavailable(&feed) && unavailable(&posted) && ready.status == 503 && resumed;
+        Ok(Check::new(
+            NAME,
+            passed,
+            json!({ "feed": feed.status, "post": posted.status, "ready": ready.status, "answered_within_ms": down_ms.round(), "feed_200_again_after_attempts": resumed.then_some(attempts) }),
+            json!({ "feed": 503, "post": 503, "ready": 503, "feed_200_again_after_attempts": "<= 50" }),
+            format!(
+                "Postgres stopped: cold feed {}, POST {}, /ready {} (all answered within {down_ms:.0} ms); Postgres back: {}",
+                feed.status,
+                posted.status,
+                ready.status,
+                if resumed { format!("feed 200 again after {attempts} attempt(s)") } else { "no 200 after 50 attempts".into() }
+            ),
+        )
+        .evidence(format!(
+            "feed → {} {}\nPOST → {} {}\n/ready → {} {}",
+            feed.status,
+            super::excerpt(&feed.text(), 200),
+            posted.status,
+            super::excerpt(&posted.text(), 200),
+            ready.status,
+            super::excerpt(&ready.text(), 200)
+        ))
+        .on_failure("docs/api.md#errors"))
+    }
+    .await;
+    if let Some(postgres) = run.env.services.owned_postgres().filter(|p| !p.is_running()) {
+        let _ = postgres.restart().await;
+    }
+    report.push(result.unwrap_or_else(|e| Check::errored(NAME, &e)));
 }

@@ -98,6 +98,7 @@ pub fn planned(bar: StageId) -> Vec<&'static str> {
     if bar >= StageId::Stage2 {
         names.push("redis_down");
     }
+    names.push("postgres_down");
     names
 }
 
@@ -197,9 +198,11 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
         rate_limit::run(&mut run, &mut report).await;
     }
     if bar >= StageId::Stage2 {
-        // Last: it stops and restarts Redis.
+        // Near the end: it stops and restarts Redis.
         cache::redis_down(&mut run, &mut report).await;
     }
+    // Last: it stops and restarts Postgres.
+    contract::postgres_down(&mut run, &mut report).await;
     Ok(report)
 }
 
