@@ -93,7 +93,7 @@ mistakes! {
     bucket_in_memory: "bucket-in-memory" at Stage3 fails "ratelimit.two_instances" saying "burst split across two instances sharing Redis";
     get_then_set: "get-then-set" at Stage3 fails "ratelimit.burst" saying "limited of 1000",
         also "ratelimit.two_instances", "ratelimit.isolation", "ratelimit.spoofed_headers", "ratelimit.refill";
-    fixed_window: "fixed-window" at Stage3 fails "ratelimit.refill" saying "after 3 s 0 of",
+    fixed_window: "fixed-window" at Stage3 fails "ratelimit.refill" saying "after 2 s 0 of",
         also "ratelimit.burst", "ratelimit.isolation";
     no_retry_after: "no-retry-after" at Stage3 fails "ratelimit.burst" saying "every 429 had Retry-After ≥ 1: no";
     limit_health_too: "limit-health-too" at Stage3 fails "ratelimit.probes_unlimited" saying "429";

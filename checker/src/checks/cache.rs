@@ -299,7 +299,7 @@ async fn invalidation(run: &Run<'_>, caches: bool) -> anyhow::Result<Check> {
 }
 
 /// How long the checker's proxy holds a large database reply (the fill's page) in the race.
-const HOLD: Duration = Duration::from_millis(600);
+const HOLD: Duration = Duration::from_millis(300);
 
 /// The classic cache-aside race, made deterministic: a cold read's database reply is held in the
 /// proxy, a post commits and invalidates meanwhile, then the held reply arrives and the reader

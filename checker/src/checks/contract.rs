@@ -184,11 +184,12 @@ pub async fn postgres_down(run: &mut Run<'_>, report: &mut Report) {
         let down_ms = started.elapsed().as_secs_f64() * 1000.0;
         let (feed, posted, ready) = (feed?, posted?, ready?);
         run.env.services.owned_postgres().expect("checked above").restart().await?;
-        // Pooled connections died with the server; the pool must replace them by itself.
+        // Pooled connections died with the server; the pool must replace them by itself. Each
+        // attempt reads another cold timeline, so no attempt waits on an earlier one's cache fill.
         let mut attempts = 0;
         let resumed = loop {
             attempts += 1;
-            if run.api.feed(&run.token(cold), "").await?.status == 200 {
+            if run.api.feed(&run.token(run.users.full(115 + attempts, 1)[0]), "").await?.status == 200 {
                 break true;
             }
             if attempts == 50 {
