@@ -3,14 +3,20 @@
 //! does not build.
 
 use std::io::{BufRead as _, BufReader, IsTerminal as _};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 
-/// The workspace the checker was built in: where `cargo build -p …` runs.
-pub fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("checker/ has a parent")
+/// The workspace the checker belongs to: where `cargo build -p …` runs. `cargo run` (and so
+/// `cargo kata`) and the test runners say where the checker's manifest is at run time; a binary
+/// started directly falls back to where it was compiled.
+pub fn workspace() -> PathBuf {
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("Cargo.toml").is_file() && dir.ends_with("checker"))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest.parent().expect("checker/ has a parent").to_path_buf()
 }
 
 /// What a build produced.

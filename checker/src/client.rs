@@ -19,6 +19,11 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// What to grade when no response came at all: status 0, the reason as the body.
+    pub fn nothing(why: &str) -> Self {
+        Self { status: 0, headers: HeaderMap::new(), body: bytes::Bytes::from(why.to_owned()) }
+    }
+
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }

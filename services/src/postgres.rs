@@ -93,15 +93,20 @@ impl Postgres {
         Ok(())
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Start the server again after [`Self::stop`] and wait until it accepts connections.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         self.spawn()?;
-        self.wait_ready().await
+        let ready = self.wait_ready().await;
+        if ready.is_err() {
+            // Not half-started: a later restart starts from a clean slate.
+            self.stop();
+        }
+        ready
     }
 
     /// `postgres://kata@127.0.0.1:PORT/kata`: superuser, trust authentication, loopback only.

@@ -12,7 +12,7 @@
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -24,26 +24,33 @@ pub struct LatencyProxy {
 }
 
 /// A race, made deterministic: while armed, every reply chunk from the database of at least
-/// `min_bytes` (a page of feed rows) is held back `extra_ms` longer, while small replies (an
-/// INSERT's) pass at the usual latency. The checker uses it to make a cache fill read the database
-/// *before* a post commits and write to Redis *after* the post invalidated the key.
+/// `min_bytes` (a page of feed rows) is held back until [`LatencyProxy::release`] (at most
+/// `MAX_HOLD`), while small replies (an INSERT's) pass at the usual latency. The checker uses it
+/// to make a cache fill read the database *before* a post commits and write to Redis *after* the
+/// post invalidated the key.
 #[derive(Default)]
 struct Hold {
     min_bytes: AtomicUsize,
-    extra_ms: AtomicU64,
     /// Chunks held so far: the checker waits for the first before it lets the race go on.
     held: AtomicUsize,
 }
 
+/// A held reply is let go after this long even if nobody releases it: never a hang.
+const MAX_HOLD: Duration = Duration::from_secs(10);
+
 impl Hold {
-    fn extra_for(&self, bytes: usize) -> Duration {
+    fn armed(&self) -> bool {
+        self.min_bytes.load(Ordering::Relaxed) > 0
+    }
+
+    /// Is a chunk of `bytes` to be held? (Counted when it is.)
+    fn holds(&self, bytes: usize) -> bool {
         let min = self.min_bytes.load(Ordering::Relaxed);
-        if min > 0 && bytes >= min {
+        let held = min > 0 && bytes >= min;
+        if held {
             self.held.fetch_add(1, Ordering::Relaxed);
-            Duration::from_millis(self.extra_ms.load(Ordering::Relaxed))
-        } else {
-            Duration::ZERO
         }
+        held
     }
 }
 
@@ -78,10 +85,8 @@ impl LatencyProxy {
         self.addr
     }
 
-    /// Hold database replies of at least `min_bytes` for `extra` on top of the latency, until
-    /// [`Self::release`].
-    pub fn hold_large_replies(&self, min_bytes: usize, extra: Duration) {
-        self.hold.extra_ms.store(extra.as_millis() as u64, Ordering::Relaxed);
+    /// Hold database replies of at least `min_bytes` until [`Self::release`].
+    pub fn hold_large_replies(&self, min_bytes: usize) {
         self.hold.min_bytes.store(min_bytes.max(1), Ordering::Relaxed);
     }
 
@@ -108,19 +113,26 @@ impl Drop for LatencyProxy {
 fn delayed_copy(mut from: TcpStream, mut to: TcpStream, latency: Duration, hold: Option<Arc<Hold>>) {
     let _ = from.set_nodelay(true);
     let _ = to.set_nodelay(true);
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let (tx, rx) = mpsc::channel::<(Instant, bool, Vec<u8>)>();
+    let gate = hold.clone();
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buf) {
-            let held = hold.as_ref().map_or(Duration::ZERO, |h| h.extra_for(n));
-            if tx.send((Instant::now() + latency + held, buf[..n].to_vec())).is_err() {
+            let held = hold.as_ref().is_some_and(|h| h.holds(n));
+            if tx.send((Instant::now() + latency, held, buf[..n].to_vec())).is_err() {
                 break;
             }
         }
     });
     thread::spawn(move || {
-        for (due, chunk) in rx {
+        for (due, held, chunk) in rx {
             thread::sleep(due.saturating_duration_since(Instant::now()));
+            if let Some(gate) = gate.as_ref().filter(|_| held) {
+                let until = Instant::now() + MAX_HOLD;
+                while gate.armed() && Instant::now() < until {
+                    thread::sleep(Duration::from_millis(2));
+                }
+            }
             if to.write_all(&chunk).is_err() {
                 break;
             }
