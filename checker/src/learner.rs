@@ -325,11 +325,21 @@ pub fn start_state() -> [(&'static str, String); 3] {
             "/// workbench: your version of the feed service.",
         )
         .replace("stage_0::stage", "workbench::stage");
-    [
-        ("src/lib.rs", lib),
-        ("src/feed.rs", include_str!("../../stages/stage-0/src/feed.rs").to_owned()),
-        ("src/main.rs", main),
-    ]
+    // The learner gets stage-0's code without its teaching comments: the comment that names the
+    // lesson would be the diagnosis they are asked to make (docs/stage-0.md), and so would a
+    // type named after the bug.
+    let feed = include_str!("../../stages/stage-0/src/feed.rs")
+        .lines()
+        .filter(|line| !line.trim_start().starts_with("// "))
+        .collect::<Vec<_>>()
+        .join("\n")
+        .replace(
+            "//! Reads a timeline the way an ORM with lazy relations does.",
+            "//! A user's feed: the newest posts of their timeline, each with its author.",
+        )
+        + "\n";
+    let rename = |code: String| code.replace("PostsThenAuthors", "TimelineFeed");
+    [("src/lib.rs", rename(lib)), ("src/feed.rs", rename(feed)), ("src/main.rs", main)]
 }
 
 pub fn workbench_dir() -> PathBuf {

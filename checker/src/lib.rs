@@ -9,6 +9,7 @@
 pub mod build;
 pub mod checks;
 pub mod client;
+pub mod diagnose;
 pub mod env;
 pub mod explain;
 pub mod learner;

@@ -109,6 +109,27 @@ enum Command {
         #[command(flatten)]
         services: ServiceArgs,
     },
+    /// Before you fix anything: state your diagnosis of the slow feed, and the checker grades each
+    /// answer against what it measures now (statements, plans, times), saying what you missed.
+    /// Exit code 0 when every answer matches the measurement, 1 otherwise.
+    Diagnose {
+        #[command(flatten)]
+        answers: checker::diagnose::Diagnosis,
+        /// What to measure (your workbench, or a reference stage).
+        #[arg(long, value_enum, default_value = "workbench")]
+        target: Implementation,
+        /// The data set: `medium` is the load test's (10,000 users, about a million posts).
+        #[arg(long, value_enum, default_value = "medium")]
+        profile: Profile,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// Where a bar's reference fix is explained, and its code. `verify --target workbench` offers
+    /// this once your workbench passes the bar; asking before is your call (the briefs never show it).
+    Solution {
+        /// The bar (stage-0's "solution" is the walkthrough of its diagnosis).
+        bar: StageId,
+    },
     /// The next hint for a check (each run reveals one more, from a nudge to the fix). Without a
     /// check, or with a bar (stage-1…): for the first check your workbench fails there (it grades
     /// the workbench first).
@@ -285,6 +306,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             checker::learner::watch(&mut env, bar).await?;
         }
         Command::Reset { what: _, yes } => return reset_workbench(yes),
+        Command::Solution { bar } => {
+            let n = bar.name().trim_start_matches("stage-");
+            println!("You asked for the solution of {}:", bar.name());
+            println!("  the walkthrough: docs/walkthrough/{}.md", bar.name());
+            match bar {
+                StageId::Stage0 => {
+                    println!("  the diagnosis it explains: `cargo kata explain --stage 0 --profile medium`")
+                }
+                _ => println!(
+                    "  the code: stages/{} (`diff -r stages/stage-{} stages/{}`)",
+                    bar.name(),
+                    n.parse::<u8>().unwrap_or(1) - 1,
+                    bar.name()
+                ),
+            }
+        }
+        Command::Diagnose { answers, target, profile, services } => {
+            eprintln!("starting services, seeding the {} profile and measuring {}…", profile.name(), target.name());
+            let env = KataEnv::start(services.options(profile)).await?;
+            let measured = checker::diagnose::measure(&env, target).await?;
+            let (report, all_right) = checker::diagnose::grade(target, &answers, &measured);
+            print!("{report}");
+            return Ok(if all_right { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
         Command::Explain { stage, user, profile, services } => {
             let env = KataEnv::start(services.options(profile)).await?;
             print!("{}", checker::explain::on_demand(&env, stage, user).await?);

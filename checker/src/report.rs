@@ -278,7 +278,7 @@ impl Report {
         let total = self.checks.len();
         match self.verdict {
             Verdict::Pass => {
-                let _ = writeln!(out, "{}: all {total} checks passed.", self.stage);
+                let _ = writeln!(out, "{}: all {total} checks passed. {}", self.stage, after_pass(&self.stage));
             }
             Verdict::Fail => {
                 let first_failed = self.failed().next();
@@ -304,6 +304,20 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// What a learner gets once a bar passes: the walkthrough of the reference fix, which no brief
+/// links to before (the solution is offered, not shown on the way). Stage-0's bar is the shipped
+/// service, which passes from the start: its next step is a diagnosis, not an answer.
+pub fn after_pass(stage: &str) -> String {
+    match stage.strip_prefix("stage-").and_then(|n| n.parse::<u8>().ok()) {
+        Some(0) | None => "Next: say why it is slow, `cargo kata diagnose --help` (docs/stage-0.md).".to_owned(),
+        Some(n) => format!(
+            "The reference fix, explained: docs/walkthrough/stage-{n}.md; its code: \
+             `diff -r stages/stage-{} stages/stage-{n}`.",
+            n - 1
+        ),
     }
 }
 

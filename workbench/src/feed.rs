@@ -1,15 +1,15 @@
-//! Reads a timeline the way an ORM with lazy relations does.
+//! A user's feed: the newest posts of their timeline, each with its author.
 
 use chrono::{DateTime, Utc};
 use feed_core::api::{Author, FeedItem};
 use feed_core::{FeedError, FeedSource};
 use sqlx::PgPool;
 
-pub struct PostsThenAuthors {
+pub struct TimelineFeed {
     db: PgPool,
 }
 
-impl PostsThenAuthors {
+impl TimelineFeed {
     pub fn new(db: PgPool) -> Self {
         Self { db }
     }
@@ -35,7 +35,7 @@ impl PostRow {
 }
 
 #[async_trait::async_trait]
-impl FeedSource for PostsThenAuthors {
+impl FeedSource for TimelineFeed {
     async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError> {
         let posts = sqlx::query_as::<_, PostRow>(
             "select id, author_id, body, created_at
@@ -51,10 +51,6 @@ impl FeedSource for PostsThenAuthors {
 
         let mut items = Vec::with_capacity(posts.len());
         for post in posts {
-            // THE LESSON: one more round trip to Postgres per post. 20 posts = 1 + 20 = 21
-            // statements per request, each fast on its own. It reads as innocently as
-            // `post.author.name` in a template; pg_stat_statements shows it as 20 calls of the
-            // same `where id = $1` for every feed request.
             let author = post.author(&self.db).await?;
             items.push(FeedItem { id: post.id, body: post.body, created_at: post.created_at, author });
         }

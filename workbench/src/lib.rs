@@ -3,10 +3,10 @@
 
 mod feed;
 
-pub use feed::PostsThenAuthors;
+pub use feed::TimelineFeed;
 
 pub async fn stage(ctx: feed_core::Context) -> anyhow::Result<feed_core::Stage> {
     // Your own schema changes: the .sql files in workbench/migrations/ (none yet).
     feed_core::db::migrate_stage(&ctx.db, sqlx::migrate!("./migrations"), "workbench").await?;
-    Ok(feed_core::Stage::new("workbench", PostsThenAuthors::new(ctx.db)))
+    Ok(feed_core::Stage::new("workbench", TimelineFeed::new(ctx.db)))
 }
