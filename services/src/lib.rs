@@ -7,13 +7,17 @@
 //! `redis-server`.
 
 mod app_process;
+mod haproxy;
 mod postgres;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 
 pub use app_process::{AppProcess, Launch, StartFailure};
+pub use haproxy::{Backend, Haproxy};
 pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
+pub use redis_cluster::RedisCluster;
 pub use redis_server::RedisServer;
 
 use anyhow::Context as _;

@@ -1,0 +1,252 @@
+//! A throwaway Redis Cluster: `masters` masters with `replicas` replicas each, every node a real
+//! `redis-server` on a free port, joined with `redis-cli --cluster create`.
+//!
+//! A node can be killed as a crash would kill it, so the checker can watch the cluster promote a
+//! replica and the service ride through the failover.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+/// How long a master may be unreachable before its replica takes over. Production clusters use
+/// seconds too (the default is 15 s); 2 s keeps a failover check short.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Node {
+    port: u16,
+    /// The cluster bus (node-to-node gossip); by default port + 10000, which can be taken or
+    /// beyond 65535 for a free port, so it gets a free port of its own.
+    bus_port: u16,
+    child: Option<Child>,
+}
+
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// Start `masters × (1 + replicas)` nodes and form the cluster; ready when every node reports
+    /// `cluster_state:ok`. At least 3 masters: a cluster needs a majority of masters to agree
+    /// that one of them failed.
+    pub async fn start(masters: usize, replicas: usize) -> anyhow::Result<Self> {
+        anyhow::ensure!(masters >= 3, "a Redis Cluster needs at least 3 masters to fail over (got {masters})");
+        crate::on_path("redis-server").context("redis-server was not found on PATH (apt-get install redis-server)")?;
+        crate::on_path("redis-cli").context("redis-cli was not found on PATH (apt-get install redis-tools)")?;
+        let dir = tempfile::Builder::new().prefix("kata-redis-cluster-").tempdir()?;
+        let mut cluster = Self { nodes: Vec::new(), dir };
+        for _ in 0..masters * (1 + replicas) {
+            let (port, bus_port) = (crate::free_port()?, crate::free_port()?);
+            cluster.nodes.push(Node { port, bus_port, child: None });
+            cluster.spawn(port)?;
+        }
+        for node in &cluster.nodes {
+            wait_for_ping(node.port).await?;
+        }
+        let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running redis-cli --cluster create")?;
+        if !created.status.success() {
+            bail!(
+                "redis-cli --cluster create failed ({}):\n{}{}",
+                created.status,
+                String::from_utf8_lossy(&created.stdout),
+                String::from_utf8_lossy(&created.stderr)
+            );
+        }
+        cluster.wait_until_ok(Duration::from_secs(20)).await?;
+        // Replicas are assigned after the slots, and a replica that never synced with its master
+        // refuses to take over from it: wait until every replica's link to its master is up.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cluster.masters().await?.len() != masters || cluster.synced_replicas().await != masters * replicas {
+            if Instant::now() > deadline {
+                bail!("the Redis Cluster did not settle on {masters} masters within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(cluster)
+    }
+
+    /// Replicas whose replication link to their master is up (`INFO replication`).
+    async fn synced_replicas(&self) -> usize {
+        let mut synced = 0;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let info = query(node.port, &redis::cmd("INFO").arg("replication").clone()).await.unwrap_or_default();
+            synced += usize::from(info.contains("role:slave") && info.contains("master_link_status:up"));
+        }
+        synced
+    }
+
+    fn spawn(&mut self, port: u16) -> anyhow::Result<()> {
+        let dir = self.dir.path().join(port.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let bus_port = self.nodes.iter().find(|n| n.port == port).expect("a node of this cluster").bus_port;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--cluster-port", &bus_port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT.as_millis().to_string()])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server in cluster mode")?;
+        let node = self.nodes.iter_mut().find(|n| n.port == port).expect("a node of this cluster");
+        node.child = Some(child);
+        Ok(())
+    }
+
+    /// Every node's `redis://127.0.0.1:PORT/`, comma-separated: what a cluster client is given
+    /// (`REDIS_CLUSTER_NODES`). Any one reachable node is enough for it to learn the rest.
+    pub fn nodes_csv(&self) -> String {
+        self.nodes.iter().map(|n| node_url(n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|n| n.port).collect()
+    }
+
+    /// Ports of the nodes that are masters now, as the cluster itself reports (`CLUSTER NODES`
+    /// from a live node), in port order.
+    pub async fn masters(&self) -> anyhow::Result<Vec<u16>> {
+        let text = self.query_any(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let mut masters: Vec<u16> = text
+            .lines()
+            .filter(|line| {
+                let flags = line.split(' ').nth(2).unwrap_or("");
+                flags.contains("master") && !flags.contains("fail")
+            })
+            .filter_map(|line| line.split(' ').nth(1)?.split('@').next()?.rsplit(':').next()?.parse().ok())
+            .collect();
+        masters.sort_unstable();
+        Ok(masters)
+    }
+
+    /// Kill one node as a crash would (SIGKILL, no goodbye to its replicas or clients).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
+            && let Some(mut child) = node.child.take()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start a killed node again on its port and data directory: it rejoins as a replica of
+    /// whoever took over its slots.
+    pub async fn restart(&mut self, port: u16) -> anyhow::Result<()> {
+        self.kill(port);
+        self.spawn(port)?;
+        wait_for_ping(port).await
+    }
+
+    /// Wait until every running node says `cluster_state:ok` (all 16384 slots served).
+    pub async fn wait_until_ok(&self, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let mut all_ok = true;
+            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+                let info = query(node.port, &redis::cmd("CLUSTER").arg("INFO").clone()).await.unwrap_or_default();
+                all_ok &= info.contains("cluster_state:ok");
+            }
+            if all_ok {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!("the Redis Cluster did not reach cluster_state:ok within {} s", limit.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After `dead` was killed: wait until a replica took over its slots (the cluster lists
+    /// `masters` live masters, none of them `dead`, and says `cluster_state:ok` again). Returns
+    /// how long that took from the call.
+    pub async fn wait_for_failover(&self, dead: u16, masters: usize, limit: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let now = self.masters().await.unwrap_or_default();
+            if now.len() == masters && !now.contains(&dead) {
+                let left = limit.saturating_sub(started.elapsed());
+                self.wait_until_ok(left).await?;
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > limit {
+                bail!(
+                    "no replica took over from the master on port {dead} within {} s (masters now: {now:?})",
+                    limit.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `INFO commandstats`-style total of commands each node processed (`total_commands_processed`).
+    pub async fn commands_per_node(&self) -> Vec<(u16, Option<u64>)> {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let info = query(node.port, &redis::cmd("INFO").arg("stats").clone()).await.ok();
+            let total = info
+                .and_then(|i| i.lines().find_map(|l| l.strip_prefix("total_commands_processed:")?.trim().parse().ok()));
+            out.push((node.port, total));
+        }
+        out
+    }
+
+    async fn query_any(&self, cmd: &mut redis::Cmd) -> anyhow::Result<String> {
+        let mut last = None;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            match query(node.port, cmd).await {
+                Ok(text) => return Ok(text),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no node of the cluster is running")))
+    }
+}
+
+fn node_url(port: u16) -> String {
+    format!("redis://127.0.0.1:{port}/")
+}
+
+/// One command to one node (not through a cluster client: `CLUSTER …` and `INFO` are per node).
+async fn query(port: u16, cmd: &redis::Cmd) -> anyhow::Result<String> {
+    let client = redis::Client::open(node_url(port))?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await??;
+    let reply: redis::Value = tokio::time::timeout(Duration::from_secs(2), cmd.query_async(&mut conn)).await??;
+    Ok(match reply {
+        redis::Value::BulkString(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        redis::Value::SimpleString(text) => text,
+        other => format!("{other:?}"),
+    })
+}
+
+async fn wait_for_ping(port: u16) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match query(port, &redis::cmd("PING")).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => bail!("redis-server on port {port} did not answer within 10 s: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

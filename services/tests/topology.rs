@@ -1,0 +1,110 @@
+//! The scale-out topology is real: a Redis Cluster that fails over when a master dies, and
+//! HAProxy that spreads requests over healthy instances and stops sending to a dead one.
+
+use std::time::Duration;
+
+use kata_services::{Haproxy, RedisCluster};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_by_its_replica() {
+    let mut cluster = RedisCluster::start(3, 1).await.expect("cluster starts");
+    let masters = cluster.masters().await.expect("masters");
+    assert_eq!(masters.len(), 3, "3 masters of 6 nodes: {masters:?}");
+
+    // A key through a cluster client, then the master that owns it dies.
+    let client = redis::cluster::ClusterClient::new(cluster.nodes_csv().split(',').collect::<Vec<_>>()).unwrap();
+    let mut conn = client.get_async_connection().await.expect("cluster connection");
+    let _: () = redis::cmd("SET").arg("{user:1}:k").arg("v").query_async(&mut conn).await.unwrap();
+    let owner: u16 = {
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg("{user:1}:k").query_async(&mut conn).await.unwrap();
+        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await.unwrap();
+        owner_of(&slots, slot).expect("an owner for the slot")
+    };
+    cluster.kill(owner);
+    let took = cluster.wait_for_failover(owner, 3, Duration::from_secs(20)).await.expect("the replica is promoted");
+    let after = cluster.masters().await.expect("masters after");
+    assert_eq!(after.len(), 3, "still 3 masters: {after:?}");
+    assert!(!after.contains(&owner), "{owner} is dead but listed as a master: {after:?}");
+    eprintln!("failover took {} ms", took.as_millis());
+    // The replica had the key: nothing written before the crash is lost here (replication is
+    // asynchronous, so in general the last writes before a crash can be).
+    let value: Option<String> = redis::cmd("GET").arg("{user:1}:k").query_async(&mut conn).await.unwrap();
+    assert_eq!(value.as_deref(), Some("v"));
+}
+
+/// The port of the master serving `slot`, from a `CLUSTER SLOTS` reply.
+fn owner_of(slots: &redis::Value, slot: u16) -> Option<u16> {
+    let redis::Value::Array(ranges) = slots else { return None };
+    ranges.iter().find_map(|range| {
+        let redis::Value::Array(fields) = range else { return None };
+        let (redis::Value::Int(start), redis::Value::Int(end)) = (&fields[0], &fields[1]) else { return None };
+        if !(*start..=*end).contains(&i64::from(slot)) {
+            return None;
+        }
+        let redis::Value::Array(master) = &fields[2] else { return None };
+        match &master[1] {
+            redis::Value::Int(port) => u16::try_from(*port).ok(),
+            _ => None,
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_spreads_requests_and_skips_a_dead_instance() {
+    // Two tiny HTTP servers answering /ready, standing in for instances of the service.
+    let (a, a_addr) = ready_server().await;
+    let (_b, b_addr) = ready_server().await;
+    let proxy = Haproxy::start(&[a_addr, b_addr]).await.expect("haproxy starts");
+    let http = reqwest::Client::new();
+    // Wait until both are UP, then send 10 requests: round robin gives 5 each.
+    for _ in 0..100 {
+        if proxy.backends().await.unwrap().iter().all(|b| b.status == "UP") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
+    for _ in 0..10 {
+        assert_eq!(http.get(format!("{}/ready", proxy.base_url())).send().await.unwrap().status(), 200);
+    }
+    let after: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
+    let sent: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(sent, [5, 5], "round robin over two healthy instances");
+
+    // One instance dies: after its health checks fail, every request goes to the other.
+    a.abort();
+    for _ in 0..100 {
+        if proxy.backends().await.unwrap().iter().any(|b| b.status.starts_with("DOWN")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
+    for _ in 0..10 {
+        assert_eq!(http.get(format!("{}/ready", proxy.base_url())).send().await.unwrap().status(), 200);
+    }
+    let after: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
+    let sent: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(sent, [0, 10], "nothing to the dead instance");
+}
+
+async fn ready_server() -> (tokio::task::JoinHandle<()>, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    let _ = socket.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                }
+            });
+        }
+    });
+    (task, addr)
+}
