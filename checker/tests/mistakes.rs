@@ -101,8 +101,9 @@ mistakes! {
     get_then_set: "get-then-set" at Stage3 fails "ratelimit.burst" saying r"^([7-9]\d|[1-9]\d{2,}) admitted",
         also "ratelimit.two_instances", "ratelimit.isolation", "ratelimit.spoofed_headers", "ratelimit.refill";
     fixed_window: "fixed-window" at Stage3 fails "ratelimit.refill" saying "after 2 s 0 of",
-        also "ratelimit.burst", "ratelimit.isolation";
+        also "ratelimit.burst", "ratelimit.isolation", "ratelimit.headers";
     no_retry_after: "no-retry-after" at Stage3 fails "ratelimit.burst" saying "every 429 had Retry-After ≥ 1: no";
+    t_until_full: "t-until-full" at Stage3 fails "ratelimit.headers" saying r"a 429 said Retry-After: 1 but t=[56]\d:";
     limit_health_too: "limit-health-too" at Stage3 fails "ratelimit.probes_unlimited" saying "429: ";
     limiter_redis_error_500: "limiter-redis-error-500" at Stage3 fails "redis_down" saying "free-tier request 500";
 }

@@ -53,7 +53,9 @@ impl Limit {
 struct Decision {
     admitted: bool,
     remaining: u64,
+    /// Whole seconds until one more token (at least 1): the 429's `Retry-After`, and `t`.
     retry_after_secs: u64,
+    /// Whole seconds until the bucket is full again (`t` only with `t-until-full`).
     full_in_secs: u64,
 }
 
@@ -75,7 +77,7 @@ impl Bucket {
         let decision = Decision {
             admitted,
             remaining: left.floor() as u64,
-            retry_after_secs: ((1.0 - left).max(0.0) / limit.per_sec()).ceil().max(1.0) as u64,
+            retry_after_secs: ((left.floor() + 1.0 - left) / limit.per_sec()).ceil().max(1.0) as u64,
             full_in_secs: ((capacity - left) / limit.per_sec()).ceil() as u64,
         };
         (Bucket { tokens: left, at: now }, decision)
@@ -221,16 +223,19 @@ pub async fn rate_limit(State(limiter): State<Arc<LearnerLimiter>>, request: Req
         }
         limited
     };
-    describe(response.headers_mut(), tier, limit, &decision);
+    describe(response.headers_mut(), tier, limit, &decision, limiter.mistake);
     response
 }
 
-/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers), as stage-3 sends them.
-fn describe(headers: &mut HeaderMap, tier: Tier, limit: Limit, decision: &Decision) {
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers-11), as stage-3 sends
+/// them: `t` is the time until the next token, the same as `Retry-After`.
+fn describe(headers: &mut HeaderMap, tier: Tier, limit: Limit, decision: &Decision, mistake: Mistake) {
     let window = (u64::from(limit.burst) * 60).div_ceil(u64::from(limit.per_min));
     let tier = tier.as_str();
     let policy = format!("\"{tier}\";q={};w={window}", limit.burst);
-    let state = format!("\"{tier}\";r={};t={}", decision.remaining, decision.full_in_secs);
+    // t-until-full: `t` says when the whole bucket is back, not when the next request is.
+    let t = if mistake == Mistake::TUntilFull { decision.full_in_secs } else { decision.retry_after_secs };
+    let state = format!("\"{tier}\";r={};t={t}", decision.remaining);
     for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
@@ -256,5 +261,15 @@ mod tests {
         let (_, later) = Bucket::take(Some(empty), FREE, 105.0);
         assert!(later.admitted);
         assert_eq!(later.remaining, 4);
+    }
+
+    #[test]
+    fn the_next_token_is_at_most_a_refill_interval_away_after_any_request() {
+        const SLOW: Limit = Limit { burst: 10, per_min: 30 };
+        let (bucket, first) = Bucket::take(None, SLOW, 100.0);
+        assert_eq!((first.remaining, first.retry_after_secs, first.full_in_secs), (9, 2, 2));
+        let (_, later) = Bucket::take(Some(Bucket { tokens: 2.2, ..bucket }), SLOW, 100.0);
+        // 1.2 tokens left: the second whole one in 0.8 / 0.5 per s = 1.6 s, said as 2; full in 17.6 s.
+        assert_eq!((later.remaining, later.retry_after_secs, later.full_in_secs), (1, 2, 18));
     }
 }

@@ -124,6 +124,12 @@ pub enum Mistake {
     /// in a loop, and the overload feeds itself.
     #[value(help = "429 without a Retry-After header")]
     NoRetryAfter,
+    /// `t` in the `RateLimit` header is the time until the bucket is full again (what older
+    /// readings of the draft's "reset" suggest) instead of the time until the next token. A 429
+    /// then says `Retry-After: 1` and `t=60`: a client that trusts `t` waits a minute for a token
+    /// that came back after a second, and one that paces itself by `t` barely uses its quota.
+    #[value(help = "RateLimit t = seconds until the bucket is full: a 429 says Retry-After 1 and t=60")]
+    TUntilFull,
     /// The limiter wraps the whole app, `/health`, `/ready` and `/metrics` included; requests
     /// without a token share their address's bucket. Under load, a load balancer's probes and
     /// Prometheus scrapes get 429 and healthy instances are taken out of rotation.
@@ -161,7 +167,7 @@ impl Mistake {
             | KeyPerLimit
             | KeyWithoutUser => "stage-2",
             BucketByPeerIp | BucketByForwardedFor | BucketInMemory | GetThenSet | FixedWindow | NoRetryAfter
-            | LimitHealthToo | LimiterRedisError500 => "stage-3",
+            | TUntilFull | LimitHealthToo | LimiterRedisError500 => "stage-3",
         }
     }
 
@@ -187,7 +193,7 @@ impl Mistake {
             NoTtl | NoInvalidation | FillWithoutLockCheck | NoStampedeLock | RedisError500 | KeyPerLimit
             | KeyWithoutUser => Stage::new(NAME, LearnerCache::new(&ctx, cache, self)),
             BucketByPeerIp | BucketByForwardedFor | BucketInMemory | GetThenSet | FixedWindow | NoRetryAfter
-            | LimitHealthToo | LimiterRedisError500 => {
+            | TUntilFull | LimitHealthToo | LimiterRedisError500 => {
                 let limiter = Arc::new(LearnerLimiter::new(ctx.redis.clone(), limits, &ctx.config.jwt_secret, self));
                 let layer =
                     move |routes: axum::Router| routes.layer(axum::middleware::from_fn_with_state(limiter, rate_limit));

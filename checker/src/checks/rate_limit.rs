@@ -291,8 +291,15 @@ async fn spoofed_headers(run: &Run<'_>, report: &mut Report) -> Check {
 }
 
 /// `RateLimit-Policy` and `RateLimit` on admitted responses, counting down one per request
-/// (plus whatever refilled while the five requests ran, from their measured duration).
+/// (plus whatever refilled while the five requests ran, from their measured duration). Then the
+/// same caller goes on until the bucket is empty: `t` (draft-ietf-httpapi-ratelimit-headers-11,
+/// docs/api.md) is the seconds until the next token on every response, so on a 429 it is the
+/// `Retry-After`, to the second. A client that obeys either then waits the same time.
 async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
+    /// Requests after the first five: enough to empty a bucket that refills while they run.
+    const MORE: usize = contract::FREE.burst as usize + 20;
+    /// 429s whose `t` and `Retry-After` are compared.
+    const LIMITED: usize = 3;
     let token = free_token(run, 6);
     let mut seen = Vec::new();
     let started = Instant::now();
@@ -301,12 +308,23 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
         seen.push((reply.header("ratelimit-policy").map(str::to_owned), reply.header("ratelimit").map(str::to_owned)));
     }
     let refill = (started.elapsed().as_secs_f64() * FREE.1).floor() as u64;
-    let remaining: Vec<Option<u64>> = seen
-        .iter()
-        .map(|(_, state)| {
-            state.as_deref().and_then(|s| s.split(';').find_map(|p| p.trim().strip_prefix("r=")?.parse().ok()))
-        })
-        .collect();
+    let param = |state: Option<&str>, name: &str| -> Option<u64> {
+        state.and_then(|s| s.split(';').find_map(|p| p.trim().strip_prefix(name)?.strip_prefix('=')?.parse().ok()))
+    };
+    let remaining: Vec<Option<u64>> = seen.iter().map(|(_, state)| param(state.as_deref(), "r")).collect();
+    let mut admitted_t: Vec<Option<u64>> = seen.iter().map(|(_, state)| param(state.as_deref(), "t")).collect();
+    // On to the bucket's end: `t` of every admitted reply, `Retry-After` and `t` of the first 429s.
+    let mut limited: Vec<(Option<u64>, Option<u64>)> = Vec::new();
+    let mut sent = seen.len();
+    while limited.len() < LIMITED && sent < seen.len() + MORE {
+        let reply = run.api.feed(&token, "").await?;
+        sent += 1;
+        let t = param(reply.header("ratelimit"), "t");
+        match reply.status {
+            429 => limited.push((reply.header("retry-after").and_then(|v| v.parse().ok()), t)),
+            _ => admitted_t.push(t),
+        }
+    }
     let policy = seen.first().and_then(|s| s.0.clone());
     // The policy names the bucket: its size, per the time it takes to refill it.
     let (size, window) = (FREE.0 as u64, (FREE.0 / FREE.1).ceil() as u64);
@@ -324,26 +342,65 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
     let last = Expectation::Between((size - 5) as f64, (size - 5 + refill) as f64);
     let counts_down = remaining.first().copied().flatten().is_some_and(|r| first.holds(r as f64))
         && remaining.last().copied().flatten().is_some_and(|r| last.holds(r as f64));
+    // After an admitted request the next token is at most one refill interval away.
+    let interval = (1.0 / FREE.1).ceil();
+    let t_admitted = Expectation::Between(1.0, interval);
+    let t_ok = admitted_t.iter().all(|t| t.is_some_and(|t| t_admitted.holds(t as f64)));
+    // Compared where the 429 has a Retry-After (its absence is ratelimit.burst's failure).
+    let disagree: Vec<(u64, Option<u64>)> =
+        limited.iter().filter_map(|&(retry, t)| retry.filter(|&r| t != Some(r)).map(|r| (r, t))).collect();
+    let agree = !limited.is_empty() && disagree.is_empty();
+    let passed = policy_ok && counts_down && t_ok && agree;
+    let summary = if passed {
+        format!(
+            "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}",
+            policy.clone().unwrap_or_default(),
+            size - 1
+        )
+    } else {
+        let mut problems = Vec::new();
+        if !(policy_ok && counts_down) {
+            problems.push(format!(
+                "RateLimit-Policy {}; RateLimit remaining {remaining:?} over 5 requests",
+                policy.clone().unwrap_or_else(|| "missing".into())
+            ));
+        }
+        if !t_ok {
+            let said: Vec<u64> = admitted_t.iter().flatten().copied().collect();
+            problems.push(match (said.iter().min(), said.iter().max()) {
+                (Some(low), Some(high)) if said.len() == admitted_t.len() => format!(
+                    "t on admitted responses said {low}..={high} s, but the next token is never more than {interval} s away"
+                ),
+                _ => "t missing from RateLimit on admitted responses".to_owned(),
+            });
+        }
+        if let Some(&(retry, t)) = disagree.first() {
+            problems.push(match t {
+                Some(t) => format!(
+                    "a 429 said Retry-After: {retry} but t={t}: a client that obeys t waits {t} s, one that obeys Retry-After {retry} s"
+                ),
+                None => format!("a 429 said Retry-After: {retry} but RateLimit had no t"),
+            });
+        } else if limited.is_empty() {
+            problems.push(format!("no 429 in {sent} requests: t and Retry-After not compared"));
+        }
+        problems.join("; ")
+    };
+    let limited_json: Vec<serde_json::Value> =
+        limited.iter().map(|(retry, t)| json!({ "retry_after_s": retry, "t_s": t })).collect();
     Ok(Check::new(
         "ratelimit.headers",
-        policy_ok && counts_down,
-        json!({ "remaining": remaining, "policy": policy }),
-        json!({ "remaining_first": first, "remaining_fifth": last, "policy": wanted_policy }),
-        if policy_ok && counts_down {
-            format!(
-                "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}",
-                policy.unwrap_or_default(),
-                size - 1
-            )
-        } else {
-            format!(
-                "RateLimit-Policy {}; RateLimit remaining {remaining:?} over 5 requests",
-                policy.unwrap_or_else(|| "missing".into())
-            )
-        },
+        passed,
+        json!({ "remaining": remaining, "policy": policy, "t_admitted_s": admitted_t, "limited": limited_json }),
+        json!({ "remaining_first": first, "remaining_fifth": last, "policy": wanted_policy, "t_admitted_s": t_admitted, "limited": "t_s = retry_after_s" }),
+        summary,
     )
     .evidence(
-        seen.iter().map(|(p, s)| format!("RateLimit-Policy: {p:?}  RateLimit: {s:?}")).collect::<Vec<_>>().join("\n"),
+        seen.iter()
+            .map(|(p, s)| format!("RateLimit-Policy: {p:?}  RateLimit: {s:?}"))
+            .chain(limited.iter().map(|(retry, t)| format!("429: Retry-After: {retry:?}  RateLimit t: {t:?}")))
+            .collect::<Vec<_>>()
+            .join("\n"),
     )
     .on_failure(DOC))
 }

@@ -3,7 +3,7 @@
 -- KEYS[1]  the user's bucket (a hash: tokens, at)
 -- ARGV[1]  capacity (the burst a user may spend at once)
 -- ARGV[2]  refill rate, tokens per second
--- Returns  { admitted (1/0), tokens left (floor), µs until the next token, µs until full }
+-- Returns  { admitted (1/0), tokens left (floor), µs until the next whole token, µs until full }
 --
 -- Why a script: Redis runs it as one step, so no other request can read the bucket between our
 -- read and our write. With GET-then-SET from the service, fifty concurrent requests would all
@@ -23,13 +23,14 @@ local at = tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - at) * rate / 1000000)
 
 local admitted = 0
-local next_token_us = 0
 if tokens >= 1 then
   tokens = tokens - 1
   admitted = 1
-else
-  next_token_us = math.ceil((1 - tokens) * 1000000 / rate)
 end
+
+-- Until one more whole token is in the bucket: after a 429, when a retry is admitted
+-- (Retry-After); after any request, how long `tokens left` is all the caller can spend (`t`).
+local next_token_us = math.ceil((math.floor(tokens) + 1 - tokens) * 1000000 / rate)
 
 local full_in_us = math.ceil((capacity - tokens) * 1000000 / rate)
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))

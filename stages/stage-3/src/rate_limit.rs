@@ -74,7 +74,11 @@ pub struct TokenBucket {
 struct Decision {
     admitted: bool,
     remaining: u64,
-    retry_after_secs: u64,
+    /// Whole seconds (rounded up, at least 1) until one more token is in the bucket: the
+    /// `Retry-After` of a 429 and the `t` of every `RateLimit` header, so a client that obeys
+    /// either waits the same time.
+    next_token_secs: u64,
+    /// Whole seconds until the whole burst is back (said in the 429's detail, for people).
     full_in_secs: u64,
 }
 
@@ -103,7 +107,7 @@ impl TokenBucket {
             admitted: admitted == 1,
             remaining: remaining.max(0) as u64,
             // Whole seconds, rounded up, at least 1: a client that waits this long gets a token.
-            retry_after_secs: (next_token_us.max(1) as u64).div_ceil(1_000_000).max(1),
+            next_token_secs: (next_token_us.max(1) as u64).div_ceil(1_000_000).max(1),
             full_in_secs: (full_in_us.max(0) as u64).div_ceil(1_000_000),
         })
     }
@@ -153,26 +157,28 @@ pub async fn rate_limit(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests",
             format!(
-                "the {tier} tier allows {} requests a minute with bursts of {}; retry in {} s",
-                limit.per_min, limit.burst, decision.retry_after_secs
+                "the {tier} tier's bucket holds {} requests, refilled at {} a minute; retry in {} s (all {} back in {} s)",
+                limit.burst, limit.per_min, decision.next_token_secs, limit.burst, decision.full_in_secs
             ),
         )
         .into_response();
-        limited.headers_mut().insert("retry-after", HeaderValue::from(decision.retry_after_secs));
+        limited.headers_mut().insert("retry-after", HeaderValue::from(decision.next_token_secs));
         limited
     };
     rate_limit_headers(response.headers_mut(), tier, limit, &decision);
     response
 }
 
-/// The IETF httpapi headers (draft-ietf-httpapi-ratelimit-headers): the policy, and where the
-/// caller stands in it, so well-behaved clients slow down before they hit the wall.
+/// The IETF httpapi headers (draft-ietf-httpapi-ratelimit-headers-11, docs/api.md): the policy,
+/// and where the caller stands in it, so well-behaved clients slow down before they hit the wall.
 fn rate_limit_headers(headers: &mut HeaderMap, tier: &str, limit: Limit, decision: &Decision) {
     // The header has no word for "burst", so the policy names the bucket: `burst` requests per
     // the time it takes to refill it (free: 60 per 60 s; pro: 100 per 10 s, i.e. 600 a minute).
     let window = (u64::from(limit.burst) * 60).div_ceil(u64::from(limit.per_min));
     let policy = format!("\"{tier}\";q={};w={window}", limit.burst);
-    let state = format!("\"{tier}\";r={};t={}", decision.remaining, decision.full_in_secs);
+    // `t` is the draft's effective window: the seconds within which the caller can spend no more
+    // than `r`, i.e. until the next token. On a 429 it is the Retry-After, to the second.
+    let state = format!("\"{tier}\";r={};t={}", decision.remaining, decision.next_token_secs);
     for (name, value) in [("ratelimit-policy", policy), ("ratelimit", state)] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
