@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
@@ -13,7 +13,7 @@ use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::api::{DEFAULT_LIMIT, Feed, FeedParams, MAX_BODY_CHARS, MAX_LIMIT, NewPost, Post};
+use crate::api::{DEFAULT_LIMIT, FeedParams, MAX_BODY_CHARS, MAX_LIMIT, NewPost, Post};
 use crate::auth::{AuthUser, JwtKeys};
 use crate::error::{ApiJson, ApiQuery, Problem};
 use crate::{ApiError, Config, FeedSource};
@@ -26,9 +26,14 @@ pub struct Context {
     pub redis: ConnectionManager,
 }
 
-/// How long a Redis call may take before it counts as failed. A cache or limiter that waits
-/// longer than the query it saves is worse than none.
-pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How long a Redis call may take before it counts as failed: it tells a Redis that is down or
+/// hung from one that is busy, so it sits above the slowest call a healthy Redis was measured to
+/// answer under load (on a busy 2-core machine: max 17 ms at 300 users, 126 ms with the CPU
+/// saturated by wrk), and low enough that
+/// a hung Redis costs a stage-3 request at most two of them (limiter, then cache) plus the query,
+/// well inside the 500 ms p99 gate (250 ms made that 503 ms). A timeout near the ~3 ms query
+/// itself would send every slow call to Postgres exactly when the machine is busiest.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(150);
 
 /// Run one Redis call under [`REDIS_TIMEOUT`]; running out of time is an error like any other,
 /// so callers handle "slow" and "down" the same way.
@@ -153,13 +158,15 @@ async fn get_feed(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(params): ApiQuery<FeedParams>,
-) -> Result<Json<Feed>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
     }
-    let items = state.within_deadline(async { Ok(state.feed.feed(user.id, limit).await?) }).await?;
-    Ok(Json(Feed { user_id: user.id, items }))
+    // The body arrives serialised (see `FeedSource::feed_json`): the bytes `Json(Feed { .. })`
+    // would write, sent as they are.
+    let body = state.within_deadline(async { Ok(state.feed.feed_json(user.id, limit).await?) }).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
 async fn create_post(

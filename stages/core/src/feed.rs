@@ -1,6 +1,6 @@
 //! The seam each stage fills: how the feed is read.
 
-use crate::api::FeedItem;
+use crate::api::{Feed, FeedItem};
 
 /// What a feed read can fail with. Only the database can fail a read: a cache in front of it
 /// falls back to the database instead of failing (stage-2).
@@ -13,6 +13,16 @@ pub trait FeedSource: Send + Sync + 'static {
     /// The `limit` newest posts on `user_id`'s timeline, newest first, ties broken by id
     /// descending, each with its author.
     async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError>;
+
+    /// The same page as the body of a `GET /api/feed` response: a [`Feed`] serialised as JSON.
+    /// The handler sends what this returns as it is. The default serialises what
+    /// [`feed`](Self::feed) returns; a source that keeps responses serialised (stage-2's cache)
+    /// overrides it and hands its bytes over untouched, so serving them parses and serialises
+    /// nothing.
+    async fn feed_json(&self, user_id: i64, limit: i64) -> Result<Vec<u8>, FeedError> {
+        let items = self.feed(user_id, limit).await?;
+        Ok(serde_json::to_vec(&Feed { user_id, items }).expect("a feed always serialises"))
+    }
 
     /// Called after a post is written to `user_id`'s timeline. Sources that keep copies of the
     /// feed (a cache) drop them here so the next read shows the post.

@@ -1,16 +1,18 @@
 //! Cache-aside in Redis, in front of any feed source.
 //!
-//! Read: GET the timeline's key; on a hit, no SQL at all. On a miss, one request per key (across
-//! every instance of the service) takes a short lock, runs the inner source once and stores the
-//! result with a jittered TTL; the others wait briefly for that value. Write: the post handler
-//! calls `timeline_changed`, which deletes the key, so the next read shows the new post.
+//! Read: HGET the page asked for from the timeline's hash; on a hit, no SQL at all, and no JSON
+//! work either: the hash holds each page size's response body as it is sent. On a miss, one
+//! request per page (across every instance of the service) takes a short lock, runs the inner
+//! source once and stores the result with a jittered TTL; the others wait briefly for that
+//! value. Write: the post handler calls `timeline_changed`, which deletes the hash (every page
+//! size at once), so the next read shows the new post.
 //!
 //! Redis is an optimisation, never a dependency: any Redis error or timeout reads from the inner
 //! source instead (a "bypass"), and the connection manager reconnects by itself.
 
 use std::time::Duration;
 
-use feed_core::api::{FeedItem, MAX_LIMIT};
+use feed_core::api::{Feed, FeedItem, MAX_LIMIT};
 use feed_core::app::redis_call;
 use feed_core::contract;
 use feed_core::{FeedError, FeedSource};
@@ -49,14 +51,21 @@ impl CacheConfig {
     }
 }
 
-/// The key for `user_id`'s timeline. `v1` is the format version: change the cached shape and
-/// bump it, and no instance ever parses an entry written in the old format.
+/// The key of `user_id`'s cached timeline: a Redis hash with one field per page size asked for
+/// (`"20"`, `"5"`, …), each holding that page's response body, the bytes the handler sends.
+///
+/// `v2` is the format version (v1 was the 100 newest items as one JSON array, sliced per
+/// request): change the cached shape and bump it, and no instance ever reads an entry written in
+/// another format. `{user:42}` is a hash tag: Redis Cluster places a key by the part in braces
+/// alone, so a timeline's hash and its locks share one slot, and the FILL script and the DEL on
+/// write, which touch several of them, still work on a cluster.
 fn feed_key(user_id: i64) -> String {
-    format!("feed:v1:user:{user_id}")
+    format!("feed:v2:{{user:{user_id}}}")
 }
 
-fn lock_key(user_id: i64) -> String {
-    format!("feed:v1:user:{user_id}:lock")
+/// The stampede lock of one page of `user_id`'s timeline.
+fn lock_key(user_id: i64, limit: i64) -> String {
+    format!("feed:v2:{{user:{user_id}}}:lock:{limit}")
 }
 
 /// How long a recompute may hold the lock; far above the one JOIN it protects.
@@ -76,39 +85,43 @@ impl<S: FeedSource> CachedFeed<S> {
         Self { inner, redis, config }
     }
 
-    async fn get(&self, key: &str) -> redis::RedisResult<Option<Vec<FeedItem>>> {
+    /// A hit: the page's response body, as it was stored.
+    ///
+    /// THE SHAPE: cache what you serve. v1 cached the newest 100 items as one JSON array, so
+    /// every hit parsed them all, kept `limit` and serialised the page again: a hit cost more the
+    /// longer the timeline, and more than the Redis round trip it was waiting for. Here each
+    /// page size has its own field holding its finished body, so a hit is one HGET and the
+    /// bytes go out as they came in, whatever the page size or the timeline's length. All the
+    /// pages sit under one key per timeline, so one DEL still drops every page size at once.
+    async fn get(&self, user_id: i64, limit: i64) -> redis::RedisResult<Option<Vec<u8>>> {
         let mut redis = self.redis.clone();
-        let cached: Option<String> = redis_call(redis.get(key)).await?;
-        // An entry that no longer parses is treated as a miss and overwritten.
-        Ok(cached.and_then(|json| serde_json::from_str(&json).ok()))
+        redis_call(redis.hget(feed_key(user_id), limit)).await
     }
 
-    /// The one request that recomputes: read the inner source, store the page with a jittered
-    /// TTL, but only while we still hold the lock (see `FILL`).
-    async fn fill(&self, user_id: i64, token: &str) -> Result<Vec<FeedItem>, FeedError> {
+    /// The one request that recomputes: read the inner source, store the page, but only while
+    /// we still hold its lock (see `FILL`).
+    async fn fill(&self, user_id: i64, limit: i64, token: &str) -> Result<Vec<u8>, FeedError> {
         metrics::counter!("cache_recompute_total").increment(1);
-        // Cache the largest page anyone may ask for; every `limit` is a slice of it, so one key
-        // (and one DEL on write) covers all page sizes.
-        let items = self.inner.feed(user_id, MAX_LIMIT).await?;
-        let json = serde_json::to_string(&items).expect("feed items always serialise");
+        // Serialised here, once per fill, instead of on every hit.
+        let body = self.inner.feed_json(user_id, limit).await?;
         let ttl = self.config.jittered_ttl();
         let mut redis = self.redis.clone();
         let mut fill = FILL.key(feed_key(user_id));
-        fill.key(lock_key(user_id)).arg(token).arg(json).arg(ttl.as_secs().max(1));
+        fill.key(lock_key(user_id, limit)).arg(token).arg(limit).arg(&body).arg(ttl.as_secs().max(1));
         let stored: redis::RedisResult<i64> = redis_call(fill.invoke_async(&mut redis)).await;
         if let Err(e) = stored {
             bypassed("fill", &e);
         }
-        Ok(items)
+        Ok(body)
     }
 
-    /// Miss path with stampede protection: only the holder of the per-key lock recomputes.
-    async fn miss(&self, user_id: i64) -> redis::RedisResult<Result<Vec<FeedItem>, FeedError>> {
+    /// Miss path with stampede protection: only the holder of the page's lock recomputes.
+    async fn miss(&self, user_id: i64, limit: i64) -> redis::RedisResult<Result<Vec<u8>, FeedError>> {
         let token = rand::rng().random::<u64>().to_string();
         let mut redis = self.redis.clone();
         let acquired = redis_call(
             redis::cmd("SET")
-                .arg(lock_key(user_id))
+                .arg(lock_key(user_id, limit))
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
@@ -121,31 +134,33 @@ impl<S: FeedSource> CachedFeed<S> {
             // The lock is not released after the fill: it expires by itself. A request that
             // missed just before our fill then finds the lock taken and waits for the value,
             // instead of taking a free lock and running the query a second time.
-            return Ok(self.fill(user_id, &token).await);
+            return Ok(self.fill(user_id, limit, &token).await);
         }
-        // Another request (maybe in another instance) is computing this feed: wait for it.
+        // Another request (maybe in another instance) is computing this page: wait for it.
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         while tokio::time::Instant::now() < deadline {
             tokio::time::sleep(WAIT_STEP).await;
-            if let Some(items) = self.get(&feed_key(user_id)).await? {
-                return Ok(Ok(items));
+            if let Some(body) = self.get(user_id, limit).await? {
+                return Ok(Ok(body));
             }
         }
         // The winner is slow or died: serve this request from the database rather than wait on.
-        Ok(self.inner.feed(user_id, MAX_LIMIT).await)
+        Ok(self.inner.feed_json(user_id, limit).await)
     }
 }
 
-/// Store the value only if the lock is still ours. A post invalidates by deleting the value *and*
-/// the lock; a fill that read the database before that post then finds the lock gone and does
-/// not write its stale page back (the classic cache-aside race between a read and a write).
+/// Store the page only if its lock is still ours. A post invalidates by deleting the timeline's
+/// hash *and* its locks; a fill that read the database before that post then finds its lock gone
+/// and does not write its stale page back (the classic cache-aside race between a read and a
+/// write). The TTL is set by the first page stored in the hash and not extended by later ones:
+/// no page lives longer than the TTL promises.
+/// KEYS: the hash, the page's lock. ARGV: the lock token, the page size, the body, the TTL (s).
 static FILL: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
     redis::Script::new(
-        "if redis.call('get', KEYS[2]) == ARGV[1] then
-           redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
-           return 1
-         end
-         return 0",
+        "if redis.call('get', KEYS[2]) ~= ARGV[1] then return 0 end
+         redis.call('hset', KEYS[1], ARGV[2], ARGV[3])
+         if redis.call('ttl', KEYS[1]) < 0 then redis.call('expire', KEYS[1], ARGV[4]) end
+         return 1",
     )
 });
 
@@ -156,34 +171,46 @@ fn bypassed(op: &str, error: &redis::RedisError) {
 
 #[async_trait::async_trait]
 impl<S: FeedSource> FeedSource for CachedFeed<S> {
-    async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError> {
-        let limit = usize::try_from(limit).unwrap_or(0);
-        let items = match self.get(&feed_key(user_id)).await {
-            Ok(Some(items)) => {
+    /// What the handler calls: the page's body, from Redis when it is there.
+    async fn feed_json(&self, user_id: i64, limit: i64) -> Result<Vec<u8>, FeedError> {
+        match self.get(user_id, limit).await {
+            Ok(Some(body)) => {
                 metrics::counter!("cache_hits_total").increment(1);
-                items
+                Ok(body)
             }
             Ok(None) => {
                 metrics::counter!("cache_misses_total").increment(1);
-                match self.miss(user_id).await {
-                    Ok(result) => result?,
+                match self.miss(user_id, limit).await {
+                    Ok(result) => result,
                     Err(e) => {
                         bypassed("lock", &e);
-                        self.inner.feed(user_id, MAX_LIMIT).await?
+                        self.inner.feed_json(user_id, limit).await
                     }
                 }
             }
             Err(e) => {
                 bypassed("get", &e);
-                return self.inner.feed(user_id, limit as i64).await;
+                self.inner.feed_json(user_id, limit).await
             }
-        };
-        Ok(items.into_iter().take(limit).collect())
+        }
+    }
+
+    /// The same page as values, for a caller that wants them (the service itself asks for
+    /// `feed_json`): parsed from the body.
+    async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError> {
+        let body = self.feed_json(user_id, limit).await?;
+        let feed: Feed = serde_json::from_slice(&body).map_err(|e| FeedError::Decode(e.into()))?;
+        Ok(feed.items)
     }
 
     async fn timeline_changed(&self, user_id: i64) {
+        // One DEL: the hash with every cached page size, and every page's lock (so no fill that
+        // read the database before this post can store what it read). Any page size may have a
+        // lock, so all of them are named; the hash tag keeps them in one slot.
+        let keys: Vec<String> =
+            std::iter::once(feed_key(user_id)).chain((1..=MAX_LIMIT).map(|limit| lock_key(user_id, limit))).collect();
         let mut redis = self.redis.clone();
-        let deleted: redis::RedisResult<i64> = redis_call(redis.del(&[feed_key(user_id), lock_key(user_id)])).await;
+        let deleted: redis::RedisResult<i64> = redis_call(redis.del(&keys)).await;
         if let Err(e) = deleted {
             // The post is safe in Postgres; only its visibility waits for the TTL. Say so loudly.
             tracing::error!(user_id, error = %e, "could not invalidate cached feed; it may be stale until its TTL");
