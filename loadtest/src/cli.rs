@@ -1,16 +1,20 @@
-//! The command line: one run (`loadtest --stage N --users U`) or the before/after `matrix`.
+//! The command line: one run (`loadtest --stage N --users U`), the before/after `matrix`, or a
+//! `capacity` search.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::target::Target;
+
 /// Load test `GET /api/feed` with Goose and judge it against the SLO: p99 < 500 ms, < 1 % errors.
 ///
 /// Starts PostgreSQL, Redis and the latency proxy (or uses DATABASE_URL / REDIS_URL), seeds the
-/// medium data set, starts the stage as its own process and drives it with one free-tier user per
-/// Goose user. Beside Goose's figures it reports statements per request (pg_stat_statements), DB
-/// pool use and the cache hit ratio (the service's /metrics). Exits non-zero when the gate fails.
+/// medium data set, starts the stage (or the workbench) as its own process and drives it with one
+/// free-tier user per Goose user. Beside Goose's figures it reports statements per request
+/// (pg_stat_statements), DB pool use and the cache hit ratio (the service's /metrics). Exits
+/// non-zero when the gate fails.
 #[derive(Parser, Debug)]
 #[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
@@ -22,21 +26,33 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run every lesson one after the other on the same services and print a before/after table:
-    /// stage-0 @ 200 users, stage-1 @ 200 and @ 500, stage-2 @ 500, stage-3 @ 500 (+ abuser).
+    /// Run every lesson one after the other on the same services and print a before/after
+    /// summary: stage-0 @ 200 and @ 500 users, stage-1 @ 200 and @ 500, stage-2 @ 500 without and
+    /// with an abuser, stage-3 @ 500 with the abuser; then each stage's capacity (see `capacity`)
+    /// and a chart.
     ///
     /// Exits 0 once the matrix has run; each row shows its own gate verdict.
     Matrix(MatrixArgs),
+    /// Find the highest request rate a stage sustains (p99 < gate, errors < gate) in an open
+    /// model: many users with no think time, Goose's request throttle stepping the rate up until
+    /// the gate fails, then halving the gap. GET /health is measured the same way, on the same
+    /// service, as the machine's ceiling.
+    Capacity(CapacityArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Stage to load test: 0 (N+1), 1 (JOIN), 2 (+ Redis cache), 3 (+ rate limit; adds an abuser).
-    #[arg(long, required = true, value_parser = clap::value_parser!(u8).range(0..=3))]
-    pub stage: Option<u8>,
+    /// What to load test: 0 (N+1), 1 (JOIN), 2 (+ Redis cache), 3 (+ rate limit; adds an
+    /// abuser), or workbench (your fix, built and started like the stages).
+    #[arg(long, visible_alias = "target", required = true, value_name = "0|1|2|3|workbench")]
+    pub stage: Option<Target>,
     /// Simulated users, each a distinct free-tier user reading their own feed.
     #[arg(long, default_value_t = 50)]
     pub users: usize,
+    /// Add the abuser (one user requesting in a tight loop) to a run of any target; stage-3 runs
+    /// have it anyway.
+    #[arg(long)]
+    pub abuser: bool,
     /// Load test a service already running at URL (such as http://127.0.0.1:8080) instead of
     /// starting one. Statements are then counted only when DATABASE_URL points at its database.
     #[arg(long)]
@@ -51,14 +67,56 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct MatrixArgs {
-    /// Write each row's Goose report into DIR, as stage-N-USERS.html.
-    #[arg(long, value_name = "DIR")]
-    pub report_dir: Option<PathBuf>,
+    /// Where the matrix writes what it measured: each row's Goose reports (stage-N-USERS.html and
+    /// .md), summary.md (the wide table), results.json and the chart (matrix.svg, matrix.png).
+    #[arg(long, visible_alias = "report-dir", value_name = "DIR", default_value = "target/loadtest")]
+    pub out_dir: PathBuf,
+    /// Also measure the workbench: a row at 500 users and its capacity.
+    #[arg(long)]
+    pub workbench: bool,
+    /// Skip the capacity searches (about two thirds of the matrix's time).
+    #[arg(long)]
+    pub no_capacity: bool,
+    #[command(flatten)]
+    pub search: SearchArgs,
     #[command(flatten)]
     pub common: Common,
 }
 
-/// Options a single run and the matrix share.
+#[derive(Args, Debug)]
+pub struct CapacityArgs {
+    /// What to search: 0, 1, 2, 3 or workbench.
+    #[arg(long, visible_alias = "target", value_name = "0|1|2|3|workbench")]
+    pub stage: Target,
+    /// Search a service already running at URL instead of starting one.
+    #[arg(long)]
+    pub url: Option<String>,
+    #[command(flatten)]
+    pub search: SearchArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// How the capacity search steps.
+#[derive(Args, Debug, Clone)]
+pub struct SearchArgs {
+    /// How long each rate is held in the capacity search (a 2 s ramp comes on top).
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub step_time: Duration,
+    /// The first rate tried, in requests per second; each step that holds doubles it.
+    #[arg(long, default_value_t = 50)]
+    pub start_rate: usize,
+    /// The search stops here even if the service still holds.
+    #[arg(long, default_value_t = 12_800)]
+    pub max_rate: usize,
+    /// Concurrent users in the search, each a distinct free-tier user with no think time: enough
+    /// that the throttle, not the users, sets the rate, and few enough requests per user that
+    /// stage-3's per-user limit never answers 429 (rate × step / users must stay below its burst).
+    #[arg(long, default_value_t = 1000)]
+    pub search_users: usize,
+}
+
+/// Options every command shares.
 #[derive(Args, Debug)]
 pub struct Common {
     /// How long to hold the full load once every user has started (the ramp comes on top).
@@ -91,6 +149,12 @@ pub struct Common {
     /// Also write the results as JSON to FILE ("-" for stdout).
     #[arg(long, value_name = "FILE")]
     pub json_out: Option<String>,
+    /// Also write the wide Markdown table (every column) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub markdown_out: Option<PathBuf>,
+    /// Print Goose's own metrics tables after each run (by default they go only to report files).
+    #[arg(long)]
+    pub goose_output: bool,
 }
 
 #[cfg(test)]
@@ -108,11 +172,21 @@ mod tests {
     fn a_run_needs_a_stage_and_the_matrix_does_not() {
         assert!(Cli::try_parse_from(["loadtest", "--users", "5"]).is_err());
         let cli = Cli::try_parse_from(["loadtest", "--stage", "2", "--run-time", "10s", "--gate-p99", "2s"]).unwrap();
-        assert_eq!(cli.run.stage, Some(2));
+        assert_eq!(cli.run.stage, Some(Target::Stage(2)));
         assert_eq!(cli.run.common.run_time, Duration::from_secs(10));
         assert_eq!(cli.run.common.gate_p99, Duration::from_secs(2));
         let cli = Cli::try_parse_from(["loadtest", "matrix", "--run-time", "20s"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Matrix(m)) if m.common.run_time == Duration::from_secs(20)));
         assert!(Cli::try_parse_from(["loadtest", "--stage", "4"]).is_err());
+    }
+
+    #[test]
+    fn the_workbench_is_a_target_by_either_name() {
+        let cli = Cli::try_parse_from(["loadtest", "--target", "workbench", "--abuser"]).unwrap();
+        assert_eq!(cli.run.stage, Some(Target::Workbench));
+        assert!(cli.run.abuser);
+        let cli = Cli::try_parse_from(["loadtest", "capacity", "--stage", "1", "--step-time", "5s"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Capacity(c))
+            if c.stage == Target::Stage(1) && c.search.step_time == Duration::from_secs(5)));
     }
 }

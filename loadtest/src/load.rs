@@ -11,6 +11,8 @@ use goose::goose::GooseResponse;
 use goose::prelude::*;
 use serde::Serialize;
 
+use crate::progress::{Live, RunProgress};
+
 /// What a user reads: the first page of their own feed.
 const FEED_PATH: &str = "/api/feed?limit=20";
 
@@ -18,6 +20,33 @@ const FEED_PATH: &str = "/api/feed?limit=20";
 /// The gate names it, so the abuser's requests, named apart, are not judged by it.
 pub const FEED_REQUEST: &str = "/api/feed";
 const ABUSER_REQUEST: &str = "/api/feed (abuser)";
+
+/// What the readers request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /api/feed?limit=20`, the feed under test.
+    Feed,
+    /// `GET /health`: no database, no cache, no auth. What the machine, the HTTP stack and the
+    /// load generator manage at all: the ceiling a feed's capacity is compared with.
+    Health,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Feed => FEED_PATH,
+            Self::Health => "/health",
+        }
+    }
+
+    /// The name its requests carry in Goose's metrics (Goose prefixes the method).
+    pub fn request_name(self) -> &'static str {
+        match self {
+            Self::Feed => FEED_REQUEST,
+            Self::Health => "/health",
+        }
+    }
+}
 
 /// One run's shape.
 pub struct Plan {
@@ -32,6 +61,13 @@ pub struct Plan {
     pub gate_error_rate: f64,
     pub report_files: Vec<String>,
     pub jwt_secret: String,
+    pub endpoint: Endpoint,
+    /// Goose's cap on all users' requests per second together (an open model's arrival rate).
+    pub throttle: Option<usize>,
+    /// Print Goose's own metrics tables on the console.
+    pub goose_output: bool,
+    /// What the progress line calls this run.
+    pub label: String,
 }
 
 /// What Goose measured, and whether the gate passed.
@@ -46,13 +82,16 @@ pub struct Outcome {
 pub struct AbuserCounts {
     pub admitted: u64,
     pub limited: u64,
+    /// Any other answer (a 5xx, a timeout).
+    pub other: u64,
 }
 
 /// The Goose rules of the gate, scoped to the readers' requests.
 fn gate(plan: &Plan) -> Vec<String> {
+    let name = plan.endpoint.request_name();
     vec![
-        format!("p99<{}ms for GET {FEED_REQUEST}", plan.gate_p99.as_millis()),
-        format!("error-rate<{}% for GET {FEED_REQUEST}", plan.gate_error_rate),
+        format!("p99<{}ms for GET {name}", plan.gate_p99.as_millis()),
+        format!("error-rate<{}% for GET {name}", plan.gate_error_rate),
     ]
 }
 
@@ -63,14 +102,15 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         "at most {} users: that many free-tier users are seeded",
         tokens.len() - 1
     );
-    let mut attack = GooseAttack::initialize_with_config(configuration(plan))?.register_scenario(
-        scenario!("reader")
-            // Weights are user counts: `users` readers, and one abuser when there is one.
-            .set_weight(plan.users)?
-            .set_wait_time(plan.think_time, plan.think_time)?
-            .register_transaction(sign_in(tokens.clone()))
-            .register_transaction(transaction!(read_feed).set_name("read feed")),
-    );
+    let live = Arc::new(Live::default());
+    // Weights are user counts: `users` readers, and one abuser when there is one.
+    let mut reader = scenario!("reader").set_weight(plan.users)?;
+    if !plan.think_time.is_zero() {
+        reader = reader.set_wait_time(plan.think_time, plan.think_time)?;
+    }
+    let reader =
+        reader.register_transaction(sign_in(tokens.clone())).register_transaction(read(plan.endpoint, live.clone()));
+    let mut attack = GooseAttack::initialize_with_config(configuration(plan))?.register_scenario(reader);
     let abuser = Arc::new(Counters::default());
     if plan.abuser {
         attack = attack.register_scenario(
@@ -80,7 +120,10 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                 .register_transaction(hammer(abuser.clone())),
         );
     }
-    let (metrics, passed) = match attack.execute().await {
+    let progress = RunProgress::start(plan.label.clone(), plan.ramp_time + plan.run_time, live);
+    let executed = attack.execute().await;
+    drop(progress);
+    let (metrics, passed) = match executed {
         Ok(metrics) => (metrics, true),
         Err(GooseError::ThresholdsFailed { metrics, .. }) => (*metrics.0, false),
         Err(e) => return Err(e.into()),
@@ -108,6 +151,8 @@ fn configuration(plan: &Plan) -> GooseConfiguration {
     config.report_file = plan.report_files.clone();
     // Warnings only on the console: a line per user started and stopped buries the results.
     config.quiet = 1;
+    config.no_print_metrics = !plan.goose_output;
+    config.throttle_requests = plan.throttle;
     config
 }
 
@@ -142,10 +187,21 @@ fn sign_in(tokens: Arc<Vec<String>>) -> Transaction {
     Transaction::new(sign_in).set_name("sign in").set_on_start()
 }
 
-/// A reader's loop body: read the feed (the scenario's wait time is the think time).
-async fn read_feed(user: &mut GooseUser) -> TransactionResult {
-    get_feed(user, FEED_REQUEST).await?;
-    Ok(())
+/// A reader's loop body: read the feed, or /health (the scenario's wait time is the think
+/// time), and tell the progress line how it went.
+fn read(endpoint: Endpoint, live: Arc<Live>) -> Transaction {
+    let read: TransactionFunction = Arc::new(move |user| {
+        let live = live.clone();
+        Box::pin(async move {
+            let response = get(user, endpoint.path(), endpoint.request_name()).await?;
+            live.record(response.request.response_time, response.request.success);
+            Ok(())
+        })
+    });
+    Transaction::new(read).set_name(match endpoint {
+        Endpoint::Feed => "read feed",
+        Endpoint::Health => "check health",
+    })
 }
 
 /// The abuser's loop body: read the feed with no pause, counting what the limiter says.
@@ -153,7 +209,7 @@ fn hammer(counters: Arc<Counters>) -> Transaction {
     let hammer: TransactionFunction = Arc::new(move |user| {
         let counters = counters.clone();
         Box::pin(async move {
-            let response = get_feed(user, ABUSER_REQUEST).await?;
+            let response = get(user, FEED_PATH, ABUSER_REQUEST).await?;
             counters.record(response.request.status_code);
             Ok(())
         })
@@ -161,9 +217,9 @@ fn hammer(counters: Arc<Counters>) -> Transaction {
     Transaction::new(hammer).set_name("hammer feed")
 }
 
-async fn get_feed(user: &mut GooseUser, name: &str) -> Result<GooseResponse, Box<TransactionError>> {
+async fn get(user: &mut GooseUser, path: &str, name: &str) -> Result<GooseResponse, Box<TransactionError>> {
     let token = user.get_session_data_unchecked::<Session>().token.clone();
-    let request = user.get_request_builder(&GooseMethod::Get, FEED_PATH)?.bearer_auth(token);
+    let request = user.get_request_builder(&GooseMethod::Get, path)?.bearer_auth(token);
     user.request(GooseRequest::builder().name(name).set_request_builder(request).build()).await
 }
 
@@ -173,6 +229,7 @@ async fn get_feed(user: &mut GooseUser, name: &str) -> Result<GooseResponse, Box
 struct Counters {
     admitted: AtomicU64,
     limited: AtomicU64,
+    other: AtomicU64,
 }
 
 impl Counters {
@@ -180,12 +237,16 @@ impl Counters {
         match status {
             200 => self.admitted.fetch_add(1, Ordering::Relaxed),
             429 => self.limited.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
+            _ => self.other.fetch_add(1, Ordering::Relaxed),
         };
     }
 
     fn counts(&self) -> AbuserCounts {
-        AbuserCounts { admitted: self.admitted.load(Ordering::Relaxed), limited: self.limited.load(Ordering::Relaxed) }
+        AbuserCounts {
+            admitted: self.admitted.load(Ordering::Relaxed),
+            limited: self.limited.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -209,6 +270,10 @@ mod tests {
             gate_error_rate: 1.0,
             report_files: Vec::new(),
             jwt_secret: "s".into(),
+            endpoint: Endpoint::Feed,
+            throttle: None,
+            goose_output: false,
+            label: "test".into(),
         }
     }
 
@@ -219,6 +284,8 @@ mod tests {
         for rule in &rules {
             rule.parse::<Threshold>().unwrap();
         }
+        let health = Plan { endpoint: Endpoint::Health, ..plan(10) };
+        assert_eq!(gate(&health), ["p99<500ms for GET /health", "error-rate<1% for GET /health"]);
     }
 
     #[test]

@@ -1,15 +1,21 @@
 //! `loadtest`: drive `GET /api/feed` with Goose and judge it against the SLO.
 //!
-//! See `loadtest --help`. The modules follow a run: [`cli`] reads what to do, [`harness`] starts
-//! the services and the stage, [`load`] is the Goose load and its gate, [`probes`] reads what
-//! Goose cannot see, [`report`] prints the table, and [`run`] ties them together.
+//! See `loadtest --help`. The modules follow a run: [`cli`] reads what to do, [`harness`] builds
+//! and starts the services and the [`target`], [`load`] is the Goose load and its gate,
+//! [`probes`] reads what Goose cannot see, [`capacity`] searches the highest rate held,
+//! [`progress`] shows it all happening, [`report`] prints the summary and writes the tables,
+//! [`chart`] draws them, and [`run`] ties them together.
 
+mod capacity;
+mod chart;
 mod cli;
 mod harness;
 mod load;
 mod probes;
+mod progress;
 mod report;
 mod run;
+mod target;
 
 use std::process::ExitCode;
 
@@ -20,6 +26,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
     match cli.command {
         Some(cli::Command::Matrix(args)) => run::matrix(args).await,
+        Some(cli::Command::Capacity(args)) => run::capacity(args).await,
         None => run::single(cli.run).await,
     }
 }

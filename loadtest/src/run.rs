@@ -1,76 +1,201 @@
-//! Putting it together: a single run, or the matrix of runs on the same services.
+//! Putting it together: a single run, the matrix of runs on the same services, or a capacity
+//! search.
 
+use std::path::Path;
 use std::process::ExitCode;
 
-use crate::cli::{Common, MatrixArgs, RunArgs};
-use crate::harness::{Environment, build_stages, start_stage};
-use crate::load::Plan;
+use crate::capacity::{self, Capacity};
+use crate::cli::{CapacityArgs, Common, MatrixArgs, RunArgs};
+use crate::harness::{Environment, WORKSPACE, build_targets, start_target};
+use crate::load::{Endpoint, Plan};
 use crate::probes::Probes;
-use crate::report::{self, Row};
+use crate::progress::say;
+use crate::report::{self, Capacities, Provenance, Row};
+use crate::target::Target;
 
-/// The before/after story: the N+1 at 200 users; the JOIN at 200, then at 500; the cache at 500;
-/// the rate limiter at 500 with an abuser.
-const MATRIX: [(u8, usize); 5] = [(0, 200), (1, 200), (1, 500), (2, 500), (3, 500)];
+/// One row of the matrix: what runs, at how many users, with or without the abuser.
+#[derive(Debug, Clone, Copy)]
+struct Spec {
+    target: Target,
+    users: usize,
+    abuser: bool,
+}
+
+const fn spec(stage: u8, users: usize, abuser: bool) -> Spec {
+    Spec { target: Target::Stage(stage), users, abuser }
+}
+
+/// The before/after story: the N+1 at 200 users and at 500 (the pool gives up: 503s); the JOIN
+/// at 200, then at 500; the cache at 500, alone and with an abuser it cannot stop; the rate
+/// limiter at 500 with the same abuser.
+const MATRIX: [Spec; 7] = [
+    spec(0, 200, false),
+    spec(0, 500, false),
+    spec(1, 200, false),
+    spec(1, 500, false),
+    spec(2, 500, false),
+    spec(2, 500, true),
+    spec(3, 500, true),
+];
 
 /// One run; the exit code says whether the gate passed.
 pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let stage = args.stage.expect("clap requires --stage without a subcommand");
+    crate::progress::install_goose_console();
+    let target = args.stage.expect("clap requires --stage without a subcommand");
+    let spec = Spec { target, users: args.users, abuser: args.abuser || target.default_abuser() };
     let row = match &args.url {
         Some(url) => {
             // Someone else's service: count its statements only if told where its database is.
             let database_url = std::env::var("DATABASE_URL").ok().filter(|url| !url.is_empty());
             let probes = Probes::connect(database_url.as_deref()).await?;
             let base_url = url.trim_end_matches('/');
-            measure(stage, args.users, base_url, &probes, &args.common, args.report_file).await?
+            measure(spec, base_url, &probes, &args.common, args.report_file).await?
         }
         None => {
-            let bin_dir = build_stages(&[stage])?;
+            let bin_dir = build_targets(&[target])?;
             let env = Environment::start(args.common.db_latency_ms).await?;
             let probes = Probes::connect(Some(&env.services.database_url)).await?;
-            let service = start_stage(&bin_dir, stage, &env, &args.common.jwt_secret).await?;
-            let row = measure(stage, args.users, &service.base_url, &probes, &args.common, args.report_file).await;
+            let service = start_target(&bin_dir, target, &env, &args.common.jwt_secret).await?;
+            let row = measure(spec, &service.base_url, &probes, &args.common, args.report_file).await;
             drop(service);
             row?
         }
     };
     let rows = [row];
-    finish(&rows, &args.common)?;
+    finish(&rows, &Capacities::default(), &args.common)?;
     Ok(if rows[0].gate_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Every row of [`MATRIX`], one after the other; exits 0 once they have all run.
+/// Every row of [`MATRIX`] (and the workbench's when asked), one after the other, then each
+/// target's capacity and /health's; writes the reports, the summary and the chart to the out
+/// directory. Exits 0 once everything has run.
 pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
-    let bin_dir = build_stages(&[0, 1, 2, 3])?;
+    crate::progress::install_goose_console();
+    let started = std::time::Instant::now();
+    let mut specs = MATRIX.to_vec();
+    if args.workbench {
+        specs.push(Spec { target: Target::Workbench, users: 500, abuser: false });
+    }
+    let mut targets: Vec<Target> = specs.iter().map(|s| s.target).collect();
+    targets.dedup();
+    let bin_dir = build_targets(&targets)?;
     let mut env = Environment::start(args.common.db_latency_ms).await?;
     let probes = Probes::connect(Some(&env.services.database_url)).await?;
-    if let Some(dir) = &args.report_dir {
-        std::fs::create_dir_all(dir)?;
-    }
+    let out_dir = Path::new(WORKSPACE).join(&args.out_dir);
+    let out_dir = if args.out_dir.is_absolute() { args.out_dir.clone() } else { out_dir };
+    std::fs::create_dir_all(&out_dir)?;
     let mut rows = Vec::new();
-    for (stage, users) in MATRIX {
-        println!("\n=== stage-{stage} @ {users} users ===");
+    for (i, spec) in specs.iter().enumerate() {
+        let name = format!("{}-{}{}", spec.target, spec.users, if spec.abuser { "-abuser" } else { "" });
+        say(format!(
+            "\n[{}/{}] {} @ {} users{}",
+            i + 1,
+            specs.len(),
+            spec.target,
+            spec.users,
+            if spec.abuser { " + abuser" } else { "" }
+        ));
         env.flush_redis().await?;
-        let report_files = args
-            .report_dir
-            .iter()
-            .map(|dir| dir.join(format!("stage-{stage}-{users}.html")).display().to_string())
-            .collect();
-        let service = start_stage(&bin_dir, stage, &env, &args.common.jwt_secret).await?;
-        let row = measure(stage, users, &service.base_url, &probes, &args.common, report_files).await;
+        let html = format!("{name}.html");
+        let report_files =
+            [html.clone(), format!("{name}.md")].iter().map(|f| out_dir.join(f).display().to_string()).collect();
+        let service = start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret).await?;
+        let row = measure(*spec, &service.base_url, &probes, &args.common, report_files).await;
         drop(service);
-        let row = row?;
-        print!("{}", report::markdown(std::slice::from_ref(&row)));
+        let mut row = row?;
+        row.report = Some(html);
+        say(row.verdict_line());
         rows.push(row);
     }
-    println!("\n## Before / after\n");
-    finish(&rows, &args.common)?;
+    let mut capacities = Capacities::default();
+    if !args.no_capacity {
+        for target in &targets {
+            say(format!("\ncapacity of {target} (open model, {} users, no think time)", args.search.search_users));
+            let service = start_target(&bin_dir, *target, &env, &args.common.jwt_secret).await?;
+            if capacities.health.is_none() {
+                let health = capacity::search(
+                    "GET /health",
+                    &service.base_url,
+                    Endpoint::Health,
+                    Some(&mut env),
+                    &args.search,
+                    &args.common,
+                )
+                .await?;
+                say(format!("  GET /health capacity: {}", health.display()));
+                capacities.health = Some(health);
+            }
+            let found = capacity::search(
+                &target.package(),
+                &service.base_url,
+                Endpoint::Feed,
+                Some(&mut env),
+                &args.search,
+                &args.common,
+            )
+            .await?;
+            drop(service);
+            say(format!("  {target} capacity: {}", found.display()));
+            capacities.targets.push((*target, found));
+        }
+    }
+    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let summary = out_dir.join("summary.md");
+    let mut markdown = report::markdown(&provenance, &rows, &capacities);
+    markdown.push_str(&format!(
+        "\nThe matrix took {:.0} s. Goose's HTML reports load their chart script from a CDN: offline, \
+         their charts are blank and their tables are all there.\n",
+        started.elapsed().as_secs_f64()
+    ));
+    std::fs::write(&summary, &markdown)?;
+    report::write_json(&provenance, &rows, &capacities, &out_dir.join("results.json").display().to_string())?;
+    let charts = crate::chart::draw(&provenance, &rows, &capacities, args.common.gate_p99, &out_dir);
+    say(format!("\n## Before / after ({:.0} s in all)\n", started.elapsed().as_secs_f64()));
+    print!("{}", report::narrow(&provenance, &rows, &capacities, args.common.gate_p99.as_millis()));
+    println!("\nevery column and each run's Goose report: {}", summary.display());
+    match charts {
+        Ok(paths) => {
+            println!("chart: {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))
+        }
+        Err(e) => println!("no chart: {e:#}"),
+    }
+    write_extra(&provenance, &rows, &capacities, &args.common)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `loadtest capacity --stage N`: /health's capacity, then the target's, on one service.
+pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
+    crate::progress::install_goose_console();
+    let mut env = None;
+    let mut service = None;
+    let base_url = match &args.url {
+        Some(url) => url.trim_end_matches('/').to_string(),
+        None => {
+            let bin_dir = build_targets(&[args.stage])?;
+            let started = Environment::start(args.common.db_latency_ms).await?;
+            let process = start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret).await?;
+            let url = process.base_url.clone();
+            env = Some(started);
+            service = Some(process);
+            url
+        }
+    };
+    let health =
+        capacity::search("GET /health", &base_url, Endpoint::Health, env.as_mut(), &args.search, &args.common).await?;
+    let found: Capacity =
+        capacity::search(&args.stage.package(), &base_url, Endpoint::Feed, env.as_mut(), &args.search, &args.common)
+            .await?;
+    drop(service);
+    let capacities = Capacities { health: Some(health), targets: vec![(args.stage, found)] };
+    let provenance = Provenance::now(Path::new(WORKSPACE));
+    print!("\n{}", report::narrow(&provenance, &[], &capacities, args.common.gate_p99.as_millis()));
+    write_extra(&provenance, &[], &capacities, &args.common)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Drive `base_url` with Goose while reading the counters Goose cannot see.
 async fn measure(
-    stage: u8,
-    users: usize,
+    spec: Spec,
     base_url: &str,
     probes: &Probes,
     common: &Common,
@@ -78,8 +203,8 @@ async fn measure(
 ) -> anyhow::Result<Row> {
     let plan = Plan {
         host: base_url.to_string(),
-        users,
-        abuser: stage == 3,
+        users: spec.users,
+        abuser: spec.abuser,
         run_time: common.run_time,
         think_time: common.think_time,
         ramp_time: common.ramp_time,
@@ -87,19 +212,33 @@ async fn measure(
         gate_error_rate: common.gate_error_rate,
         report_files,
         jwt_secret: common.jwt_secret.clone(),
+        endpoint: Endpoint::Feed,
+        throttle: None,
+        goose_output: common.goose_output,
+        label: format!("{} @ {}", spec.target, spec.users),
     };
     let before = probes.snapshot(base_url).await?;
     let sampler = probes.sample_pool(base_url);
     let outcome = crate::load::run(&plan).await?;
     let pool = sampler.finish().await;
     let after = probes.snapshot(base_url).await?;
-    Row::new(stage, users, &outcome, &before, &after, pool)
+    Row::new(spec.target, spec.users, &outcome, &before, &after, pool)
 }
 
-fn finish(rows: &[Row], common: &Common) -> anyhow::Result<()> {
-    print!("{}", report::markdown(rows));
+fn finish(rows: &[Row], capacities: &Capacities, common: &Common) -> anyhow::Result<()> {
+    let provenance = Provenance::now(Path::new(WORKSPACE));
+    print!("\n{}", report::narrow(&provenance, rows, capacities, common.gate_p99.as_millis()));
+    write_extra(&provenance, rows, capacities, common)
+}
+
+/// `--json-out` and `--markdown-out`.
+fn write_extra(provenance: &Provenance, rows: &[Row], capacities: &Capacities, common: &Common) -> anyhow::Result<()> {
     if let Some(dest) = &common.json_out {
-        report::write_json(rows, dest)?;
+        report::write_json(provenance, rows, capacities, dest)?;
+    }
+    if let Some(dest) = &common.markdown_out {
+        std::fs::write(dest, report::markdown(provenance, rows, capacities))?;
+        say(format!("wrote {}", dest.display()));
     }
     Ok(())
 }
