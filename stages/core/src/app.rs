@@ -26,13 +26,13 @@ pub struct Context {
     pub redis: ConnectionManager,
 }
 
-/// How long a Redis call may take before it counts as failed: it tells a Redis that is down or
-/// hung from one that is busy, so it sits above the slowest call a healthy Redis was measured to
-/// answer under load (on a busy 2-core machine: max 17 ms at 300 users, 126 ms with the CPU
-/// saturated by wrk), and low enough that
-/// a hung Redis costs a stage-3 request at most two of them (limiter, then cache) plus the query,
-/// well inside the 500 ms p99 gate (250 ms made that 503 ms). A timeout near the ~3 ms query
-/// itself would send every slow call to Postgres exactly when the machine is busiest.
+/// How long a Redis call may take before it counts as failed. It tells a Redis that is down or
+/// hung from one that is busy: it sits above the slowest call a healthy Redis answered under load
+/// (measured on a busy 2-core machine: max 17 ms at 300 users, 126 ms with wrk saturating the
+/// CPU), and low enough that a hung Redis costs a stage-3 request at most two of them (limiter,
+/// then cache) plus the query: about 300 ms, inside the 500 ms p99 gate (250 ms made it 503 ms).
+/// A timeout near the ~3 ms query itself would send every slow call to Postgres, exactly when the
+/// machine is busiest.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(150);
 
 /// Run one Redis call under [`REDIS_TIMEOUT`]; running out of time is an error like any other,
