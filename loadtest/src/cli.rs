@@ -109,10 +109,11 @@ pub struct SearchArgs {
     /// The search stops here even if the service still holds.
     #[arg(long, default_value_t = 12_800)]
     pub max_rate: usize,
-    /// Concurrent users in the search, each a distinct free-tier user with no think time: enough
-    /// that the throttle, not the users, sets the rate, and few enough requests per user that
-    /// stage-3's per-user limit never answers 429 (rate × step / users must stay below its burst).
-    #[arg(long, default_value_t = 1000)]
+    /// The fewest concurrent users in a search step, each a distinct free-tier user with no think
+    /// time: enough that the throttle, not the users, sets the rate. Faster steps get more, so
+    /// that no user makes more than 50 requests in a step and stage-3's per-user limit (a burst
+    /// of 60) never answers 429.
+    #[arg(long, default_value_t = 400)]
     pub search_users: usize,
 }
 

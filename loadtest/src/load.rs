@@ -75,6 +75,9 @@ pub struct Outcome {
     pub metrics: GooseMetrics,
     pub passed: bool,
     pub abuser: Option<AbuserCounts>,
+    /// The readers' requests per second once every user had started (the ramp left out), by
+    /// the load test's own clock.
+    pub steady_rate: Option<f64>,
 }
 
 /// The abuser's answers: 200s let through and 429s refused by the rate limiter.
@@ -120,15 +123,25 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
                 .register_transaction(hammer(abuser.clone())),
         );
     }
-    let progress = RunProgress::start(plan.label.clone(), plan.ramp_time + plan.run_time, live);
+    let progress = RunProgress::start(plan.label.clone(), plan.ramp_time + plan.run_time, live.clone());
+    let steady = tokio::spawn({
+        let (ramp, run) = (plan.ramp_time, plan.run_time);
+        async move {
+            tokio::time::sleep(ramp).await;
+            let (first, started) = (live.requests(), tokio::time::Instant::now());
+            tokio::time::sleep(run).await;
+            (live.requests() - first) as f64 / started.elapsed().as_secs_f64()
+        }
+    });
     let executed = attack.execute().await;
     drop(progress);
+    let steady_rate = if steady.is_finished() { steady.await.ok() } else { None };
     let (metrics, passed) = match executed {
         Ok(metrics) => (metrics, true),
         Err(GooseError::ThresholdsFailed { metrics, .. }) => (*metrics.0, false),
         Err(e) => return Err(e.into()),
     };
-    Ok(Outcome { metrics, passed, abuser: plan.abuser.then(|| abuser.counts()) })
+    Ok(Outcome { metrics, passed, abuser: plan.abuser.then(|| abuser.counts()), steady_rate })
 }
 
 fn configuration(plan: &Plan) -> GooseConfiguration {

@@ -90,6 +90,11 @@ impl Live {
         self.window.lock().expect("not poisoned").push(millis);
     }
 
+    /// Requests finished so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
     fn take_window(&self) -> Vec<u64> {
         std::mem::take(&mut *self.window.lock().expect("not poisoned"))
     }

@@ -235,6 +235,27 @@ pub fn narrow(provenance: &Provenance, rows: &[Row], capacities: &Capacities, ga
     for row in rows {
         let _ = writeln!(out, "{}", row.verdict_line());
     }
+    if !rows.is_empty() {
+        table(&mut out, rows);
+    }
+    if let Some(health) = &capacities.health {
+        let _ = writeln!(
+            out,
+            "\ncapacity, open model (highest rate held with p99 < {gate_p99_ms} ms, errors < gate):\n  \
+             GET /health {} (the ceiling of this machine and load generator)",
+            health.display()
+        );
+        for (target, capacity) in &capacities.targets {
+            let ratio =
+                capacities.ratio(*target).map_or_else(String::new, |r| format!(", {:.0} % of /health", r * 100.0));
+            let _ = writeln!(out, "  {target:<11} {}{ratio}", capacity.display());
+        }
+    }
+    out
+}
+
+/// The rows of [`narrow`]: the figures that tell the story, one short line each.
+fn table(out: &mut String, rows: &[Row]) {
     let _ = writeln!(
         out,
         "\n{:<22} {:>7} {:>6} {:>6} {:>6} {:>5} {:>12} {:>5} {:>12} {:>4}",
@@ -256,20 +277,6 @@ pub fn narrow(provenance: &Provenance, rows: &[Row], capacities: &Capacities, ga
             if row.gate_passed { "PASS" } else { "FAIL" },
         );
     }
-    if let Some(health) = &capacities.health {
-        let _ = writeln!(
-            out,
-            "\ncapacity, open model (highest rate held with p99 < {gate_p99_ms} ms, errors < gate):\n  \
-             GET /health {} (the ceiling of this machine and load generator)",
-            health.display()
-        );
-        for (target, capacity) in &capacities.targets {
-            let ratio =
-                capacities.ratio(*target).map_or_else(String::new, |r| format!(", {:.0} % of /health", r * 100.0));
-            let _ = writeln!(out, "  {target:<11} {}{ratio}", capacity.display());
-        }
-    }
-    out
 }
 
 /// The wide table, every column: for `--markdown-out` and the matrix's summary.md.

@@ -110,7 +110,7 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let mut capacities = Capacities::default();
     if !args.no_capacity {
         for target in &targets {
-            say(format!("\ncapacity of {target} (open model, {} users, no think time)", args.search.search_users));
+            say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
             let service = start_target(&bin_dir, *target, &env, &args.common.jwt_secret).await?;
             if capacities.health.is_none() {
                 let health = capacity::search(
