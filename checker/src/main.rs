@@ -49,6 +49,13 @@ enum Command {
         serve: Serve,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Serve this many instances behind HAProxy (round-robin, health-checked on /ready),
+        /// which listens on --listen. See docs/scale-out.md.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+        instances: u8,
+        /// Give the instances a Redis Cluster (3 masters, 3 replicas) instead of one Redis.
+        #[arg(long)]
+        redis_cluster: bool,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -223,7 +230,10 @@ async fn stop_signal() -> &'static str {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Up { profile, serve, listen, services } => up(profile, serve, listen, services).await?,
+        Command::Up { profile, serve, listen, instances, redis_cluster, services } => {
+            let topology = Topology { instances, redis_cluster };
+            up(profile, serve, listen, topology, services).await?
+        }
         Command::Seed { profile, seed, database_url } => {
             let db =
                 sqlx::PgPool::connect(&database_url).await.with_context(|| format!("connecting to {database_url}"))?;
@@ -373,13 +383,36 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, services: ServiceArgs) -> anyhow::Result<()> {
+/// What `up` serves: how many instances, on one Redis or a cluster.
+struct Topology {
+    instances: u8,
+    redis_cluster: bool,
+}
+
+async fn up(
+    profile: Profile,
+    serve: Serve,
+    listen: std::net::SocketAddr,
+    topology: Topology,
+    services: ServiceArgs,
+) -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL and Redis (or using DATABASE_URL / REDIS_URL) and seeding {}…", profile.name());
     let env = KataEnv::start(services.options(profile)).await?;
     let s = &env.services;
+    let cluster = if topology.redis_cluster {
+        eprintln!("starting a Redis Cluster of 3 masters and 3 replicas…");
+        Some(kata_services::RedisCluster::start(3, 1).await?)
+    } else {
+        None
+    };
     println!("# services are up; in another shell:");
     println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);
-    println!("export REDIS_URL={}", s.redis_url);
+    match &cluster {
+        Some(cluster) => {
+            println!("export REDIS_CLUSTER_NODES={}   # redis-cli -c -u <any of them>", cluster.nodes_csv())
+        }
+        None => println!("export REDIS_URL={}", s.redis_url),
+    }
     println!(
         "export SERVICE_DATABASE_URL={}   # for a service: through the {} ms latency proxy",
         s.service_database_url, s.db_latency_ms
@@ -395,22 +428,45 @@ async fn up(profile: Profile, serve: Serve, listen: std::net::SocketAddr, servic
     let user = 1;
     // Valid for a working day, so the printed curl keeps working while you do.
     let token = env.keys.mint(user, Tier::Free, std::time::Duration::from_secs(24 * 3600));
-    let _server = match stage {
+    let mut servers = Vec::new();
+    let mut _balancer = None;
+    match stage {
         Some(stage) => {
             feed_core::db::reset_to_core_schema(&env.admin).await?;
-            let server = env.spawn_with(stage, &[("LISTEN_ADDR", &listen.to_string())]).await.with_context(|| {
-                format!("starting {} on {listen} (use --listen to pick another address)", stage.name())
-            })?;
-            println!("# {} is serving on {}; try it:", stage.name(), server.base_url);
-            Some(server)
+            let nodes = cluster.as_ref().map(|c| c.nodes_csv());
+            let behind_balancer = topology.instances > 1 || cluster.is_some();
+            for _ in 0..topology.instances {
+                let own_listen = listen.to_string();
+                let mut extra: Vec<(&str, &str)> = Vec::new();
+                if !behind_balancer {
+                    extra.push(("LISTEN_ADDR", &own_listen));
+                }
+                if let Some(nodes) = &nodes {
+                    extra.push(("REDIS_CLUSTER_NODES", nodes));
+                }
+                let server =
+                    env.spawn_with(stage, &extra).await.with_context(|| format!("starting {}", stage.name()))?;
+                servers.push(server);
+            }
+            if behind_balancer {
+                let backends: Vec<String> =
+                    servers.iter().map(|s| s.base_url.trim_start_matches("http://").to_owned()).collect();
+                let balancer = kata_services::Haproxy::start(Some(listen.port()), &backends)
+                    .await
+                    .with_context(|| format!("starting HAProxy on {listen} (use --listen to pick another address)"))?;
+                for (server, backend) in servers.iter().zip(balancer.backends().await?) {
+                    println!("# {}: {} at {} ({})", backend.name, stage.name(), server.base_url, backend.status);
+                }
+                println!("# HAProxy balances them round-robin on http://{listen}; try it:");
+                _balancer = Some(balancer);
+            } else {
+                println!("# {} is serving on {}; try it:", stage.name(), servers[0].base_url);
+            }
         }
-        None => {
-            println!(
-                "# no stage served; start yours, e.g.: DATABASE_URL=$SERVICE_DATABASE_URL LISTEN_ADDR={listen} cargo run -p stage-1"
-            );
-            None
-        }
-    };
+        None => println!(
+            "# no stage served; start yours, e.g.: DATABASE_URL=$SERVICE_DATABASE_URL LISTEN_ADDR={listen} cargo run -p stage-1"
+        ),
+    }
     println!("curl -s -H 'Authorization: Bearer {token}' 'http://{listen}/api/feed?limit=3'");
     println!("# Ctrl-C stops everything and deletes the throwaway data.");
     tokio::signal::ctrl_c().await?;

@@ -13,11 +13,11 @@ use axum::extract::{Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use feed_core::RedisConn;
 use feed_core::api::{DEFAULT_LIMIT, FeedItem, MAX_LIMIT};
 use feed_core::app::redis_call;
 use feed_core::{ApiError, Context, FeedError, FeedSource};
 use rand::Rng as _;
-use redis::aio::ConnectionManager;
 use stage_1::PostsWithAuthors;
 use stage_2::CacheConfig;
 
@@ -29,7 +29,7 @@ const WAIT_ROUNDS: u32 = 50;
 
 pub struct LearnerCache {
     inner: PostsWithAuthors,
-    redis: ConnectionManager,
+    redis: RedisConn,
     config: CacheConfig,
     mistake: Mistake,
 }

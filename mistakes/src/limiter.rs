@@ -18,16 +18,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use feed_core::ApiError;
+use feed_core::RedisConn;
 use feed_core::app::redis_call;
 use feed_core::auth::{AuthUser, JwtKeys, Tier};
 use feed_core::error::Problem;
-use redis::aio::ConnectionManager;
 use stage_3::{OnRedisError, RateLimitConfig};
 
 use crate::Mistake;
 
 pub struct LearnerLimiter {
-    redis: ConnectionManager,
+    redis: RedisConn,
     config: RateLimitConfig,
     mistake: Mistake,
     bucket: redis::Script,
@@ -89,7 +89,7 @@ fn now_secs() -> f64 {
 }
 
 impl LearnerLimiter {
-    pub fn new(redis: ConnectionManager, config: RateLimitConfig, jwt_secret: &str, mistake: Mistake) -> Self {
+    pub fn new(redis: RedisConn, config: RateLimitConfig, jwt_secret: &str, mistake: Mistake) -> Self {
         Self {
             redis,
             config,

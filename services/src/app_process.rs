@@ -36,10 +36,11 @@ impl std::fmt::Display for Launch {
 /// The service settings of `.env.example`. A graded process gets none of them from the shell
 /// that runs the checker (a `CACHE_TTL_SECS=5` left from an experiment would fail the reference
 /// stage): only what the checker sets on purpose.
-const SERVICE_SETTINGS: [&str; 13] = [
+const SERVICE_SETTINGS: [&str; 14] = [
     "LISTEN_ADDR",
     "DATABASE_URL",
     "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
     "JWT_SECRET",
     "DB_POOL_SIZE",
     "DB_ACQUIRE_TIMEOUT_MS",

@@ -27,13 +27,13 @@ pub struct Backend {
 }
 
 impl Haproxy {
-    /// Start HAProxy balancing over `backends` (`host:port` each); ready when it accepts
-    /// connections and at least one backend passed its health check.
-    pub async fn start(backends: &[String]) -> anyhow::Result<Self> {
+    /// Start HAProxy on `port` (a free one when `None`) balancing over `backends` (`host:port`
+    /// each); ready when at least one backend passed its health check.
+    pub async fn start(port: Option<u16>, backends: &[String]) -> anyhow::Result<Self> {
         crate::on_path("haproxy").context("haproxy was not found on PATH (Debian/Ubuntu: apt-get install haproxy)")?;
         anyhow::ensure!(!backends.is_empty(), "HAProxy needs at least one backend");
         let dir = tempfile::Builder::new().prefix("kata-haproxy-").tempdir()?;
-        let (port, stats_port) = (crate::free_port()?, crate::free_port()?);
+        let (port, stats_port) = (port.map_or_else(crate::free_port, Ok)?, crate::free_port()?);
         let config = dir.path().join("haproxy.cfg");
         std::fs::write(&config, configuration(port, stats_port, backends))?;
         let check = Command::new("haproxy").arg("-c").arg("-f").arg(&config).output()?;

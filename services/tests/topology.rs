@@ -54,7 +54,7 @@ async fn haproxy_spreads_requests_and_skips_a_dead_instance() {
     // Two tiny HTTP servers answering /ready, standing in for instances of the service.
     let (a, a_addr) = ready_server().await;
     let (_b, b_addr) = ready_server().await;
-    let proxy = Haproxy::start(&[a_addr, b_addr]).await.expect("haproxy starts");
+    let proxy = Haproxy::start(None, &[a_addr, b_addr]).await.expect("haproxy starts");
     let http = reqwest::Client::new();
     // Wait until both are UP, then send 10 requests: round robin gives 5 each.
     for _ in 0..100 {

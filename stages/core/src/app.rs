@@ -9,21 +9,20 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
-use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
 use crate::api::{DEFAULT_LIMIT, FeedParams, MAX_BODY_CHARS, MAX_LIMIT, NewPost, Post};
 use crate::auth::{AuthUser, JwtKeys};
 use crate::error::{ApiJson, ApiQuery, Problem};
-use crate::{ApiError, Config, FeedSource};
+use crate::{ApiError, Config, FeedSource, RedisConn};
 
 /// What a stage is built from: the config and live handles to Postgres and Redis.
 #[derive(Clone)]
 pub struct Context {
     pub config: Config,
     pub db: PgPool,
-    pub redis: ConnectionManager,
+    pub redis: RedisConn,
 }
 
 /// How long a Redis call may take before it counts as failed. It tells a Redis that is down or
@@ -44,9 +43,10 @@ pub async fn redis_call<T>(call: impl Future<Output = redis::RedisResult<T>>) ->
 }
 
 impl Context {
-    /// Build the pool and the Redis connection manager, and run the migrations (so the service
-    /// refuses to start, with a clear message, when Postgres is not there at all). Redis connects
-    /// on first use: the service starts without it and serves what it can.
+    /// Build the pool and the Redis connection, and run the migrations (so the service refuses to
+    /// start, with a clear message, when Postgres is not there at all). One Redis server connects
+    /// on first use: the service starts without it and serves what it can. A cluster must be
+    /// reachable at start (see [`RedisConn::connect`]).
     pub async fn connect(config: Config) -> anyhow::Result<Self> {
         let db = crate::db::pool(&config)?;
         crate::db::migrate(&db).await.map_err(|e| {
@@ -55,11 +55,7 @@ impl Context {
                 config.database_url
             )
         })?;
-        let redis_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1);
-        let redis = redis::Client::open(config.redis_url.as_str())?.get_connection_manager_lazy(redis_config)?;
+        let redis = RedisConn::connect(&config.redis_url, config.redis_cluster_nodes.as_deref(), REDIS_TIMEOUT).await?;
         Ok(Self { config, db, redis })
     }
 }
@@ -96,7 +92,7 @@ impl Stage {
 #[derive(Clone)]
 struct AppState {
     db: PgPool,
-    redis: ConnectionManager,
+    redis: RedisConn,
     feed: Arc<dyn FeedSource>,
     /// The longest a request may spend on the database (waiting for a connection included).
     db_deadline: Duration,

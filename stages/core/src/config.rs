@@ -19,6 +19,11 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: String,
 
+    /// A Redis Cluster instead of REDIS_URL: some or all of its nodes, comma-separated
+    /// (`redis://127.0.0.1:7000/,redis://127.0.0.1:7001/`). See docs/scale-out.md.
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
+
     /// HS256 secret that signs bearer tokens. The default is for local use only and logs a warning.
     #[arg(long, env = "JWT_SECRET", default_value = crate::auth::DEV_SECRET, hide_default_value = true)]
     pub jwt_secret: String,

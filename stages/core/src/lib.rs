@@ -12,9 +12,11 @@ pub mod db;
 pub mod error;
 pub mod feed;
 pub mod metrics;
+pub mod redis_conn;
 pub mod seed;
 
 pub use app::{Context, Stage, router, run, serve};
 pub use config::Config;
 pub use error::ApiError;
 pub use feed::{FeedError, FeedSource};
+pub use redis_conn::RedisConn;

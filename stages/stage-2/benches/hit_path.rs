@@ -44,8 +44,9 @@ impl FeedSource for Synthetic {
 fn hit_path(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let server = rt.block_on(RedisServer::start()).expect("redis-server starts (is it on PATH?)");
-    let client = redis::Client::open(server.url()).expect("a redis url");
-    let mut redis = rt.block_on(client.get_connection_manager()).expect("redis answers");
+    let mut redis = rt
+        .block_on(feed_core::RedisConn::connect(&server.url(), None, feed_core::app::REDIS_TIMEOUT))
+        .expect("a redis url");
 
     let cache = CachedFeed::new(Synthetic, redis.clone(), CacheConfig::default());
     // The first read of each page size misses and fills it; every read after it is a hit.

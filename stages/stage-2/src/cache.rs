@@ -12,13 +12,13 @@
 
 use std::time::Duration;
 
+use feed_core::RedisConn;
 use feed_core::api::{Feed, FeedItem, MAX_LIMIT};
 use feed_core::app::redis_call;
 use feed_core::contract;
 use feed_core::{FeedError, FeedSource};
 use rand::Rng as _;
 use redis::AsyncCommands as _;
-use redis::aio::ConnectionManager;
 
 /// Cache settings (flags and environment variables of the stage-2 and stage-3 binaries).
 #[derive(clap::Args, Debug, Clone)]
@@ -76,12 +76,12 @@ const WAIT_MAX: Duration = Duration::from_secs(1);
 
 pub struct CachedFeed<S> {
     inner: S,
-    redis: ConnectionManager,
+    redis: RedisConn,
     config: CacheConfig,
 }
 
 impl<S: FeedSource> CachedFeed<S> {
-    pub fn new(inner: S, redis: ConnectionManager, config: CacheConfig) -> Self {
+    pub fn new(inner: S, redis: RedisConn, config: CacheConfig) -> Self {
         Self { inner, redis, config }
     }
 

@@ -10,10 +10,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use feed_core::RedisConn;
 use feed_core::auth::{AuthUser, Tier};
 use feed_core::contract;
 use feed_core::error::Problem;
-use redis::aio::ConnectionManager;
 
 /// Rate-limit settings (flags and environment variables of the stage-3 binary).
 /// docs/stage-3.md explains the numbers.
@@ -65,7 +65,7 @@ struct Limit {
 }
 
 pub struct TokenBucket {
-    redis: ConnectionManager,
+    redis: RedisConn,
     config: RateLimitConfig,
     script: redis::Script,
 }
@@ -83,7 +83,7 @@ struct Decision {
 }
 
 impl TokenBucket {
-    pub fn new(redis: ConnectionManager, config: RateLimitConfig) -> Self {
+    pub fn new(redis: RedisConn, config: RateLimitConfig) -> Self {
         Self { redis, config, script: redis::Script::new(include_str!("bucket.lua")) }
     }
 
