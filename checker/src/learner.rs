@@ -53,7 +53,7 @@ pub fn hints(check: &str) -> &'static [&'static str] {
         "cache.hit_ratio" | "cache.warm_read_statements" => &[
             "A repeated read of the same feed should not reach Postgres. The evidence shows how many did.",
             "Wrap your feed source in a second FeedSource that holds it (a decorator): lib.rs builds `Stage::new(\"workbench\", YourCache::new(inner, ctx.redis, ..))`.",
-            "Cache-aside: GET `feed:v1:user:{id}`; on a hit return it without touching Postgres; on a miss ask the inner source and SET the JSON with `EX <ttl>`. Cache the largest page (100) and slice per request.",
+            "Cache-aside, one key per timeline: `HGET feed:v2:{user:ID} <limit>`; on a hit return those bytes from `feed_json` without touching Postgres; on a miss ask the inner source's `feed_json` and HSET the body under the page size, with `EXPIRE <ttl>` on the hash. (Caching the newest 100 items as one JSON value and slicing per request passes too; it costs more per hit.)",
         ],
         "cache.ttl_jitter" => &[
             "How stale may a cached feed be? New posts are invalidated on write; only names and avatars can be stale until the TTL. Let that decide the TTL.",
@@ -76,7 +76,7 @@ pub fn hints(check: &str) -> &'static [&'static str] {
         "cache.stampede" => &[
             "When a popular key is missing, how many requests recompute it at once? The evidence counts the statements for 120 concurrent reads of one cold feed.",
             "Let one request recompute a missing key while the others wait for its value, across every instance (so the lock lives in Redis).",
-            "On a miss: `SET feed:v1:user:{id}:lock <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls GET every ~20 ms for up to a second, then reads Postgres.",
+            "On a miss: `SET feed:v2:{user:ID}:lock:<limit> <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls HGET every ~20 ms for up to a second, then reads Postgres.",
         ],
         "postgres_down" => &[
             "With the database gone, what the service cannot answer it must refuse quickly and clearly: 503 with a problem body, not a hang, not a 500. And it must recover by itself.",
@@ -105,7 +105,7 @@ pub fn hints(check: &str) -> &'static [&'static str] {
         ],
         "ratelimit.headers" => &[
             "Every limited /api response says the policy and where the caller stands: RateLimit-Policy and RateLimit (docs/api.md).",
-            "`RateLimit-Policy: \"free\";q=60;w=60` and `RateLimit: \"free\";r=<tokens left>;t=<seconds>` on every response, 429s included.",
+            "`RateLimit-Policy: \"free\";q=60;w=60` and `RateLimit: \"free\";r=<tokens left>;t=<seconds until the next token, rounded up>` on every response, 429s included; on a 429, `t` equals `Retry-After`.",
         ],
         _ => &[],
     }
@@ -337,6 +337,7 @@ pub fn start_state() -> [(&'static str, String); 3] {
             "//! Reads a timeline the way an ORM with lazy relations does.",
             "//! A user's feed: the newest posts of their timeline, each with its author.",
         )
+        .replace("/// The post's author, like `post.author` on an ORM model.", "/// The post's author.")
         + "\n";
     let rename = |code: String| code.replace("PostsThenAuthors", "TimelineFeed");
     [("src/lib.rs", rename(lib)), ("src/feed.rs", rename(feed)), ("src/main.rs", main)]

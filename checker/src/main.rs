@@ -49,7 +49,7 @@ enum Command {
         serve: Serve,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
-        /// Serve this many instances behind HAProxy (round-robin, health-checked on /ready),
+        /// Serve this many instances behind HAProxy (round-robin, health-checked on /health),
         /// which listens on --listen. See docs/scale-out.md.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
         instances: u8,
@@ -336,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("starting services, seeding the {} profile and measuring {}…", profile.name(), target.name());
             let env = KataEnv::start(services.options(profile)).await?;
             let measured = checker::diagnose::measure(&env, target).await?;
-            let (report, all_right) = checker::diagnose::grade(target, &answers, &measured);
+            let (report, all_right) = checker::diagnose::grade(target, profile, &answers, &measured);
             print!("{report}");
             return Ok(if all_right { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
@@ -451,7 +451,7 @@ async fn up(
             if behind_balancer {
                 let backends: Vec<String> =
                     servers.iter().map(|s| s.base_url.trim_start_matches("http://").to_owned()).collect();
-                let balancer = kata_services::Haproxy::start(Some(listen.port()), &backends)
+                let balancer = kata_services::Haproxy::start(Some(listen), &backends)
                     .await
                     .with_context(|| format!("starting HAProxy on {listen} (use --listen to pick another address)"))?;
                 for (server, backend) in servers.iter().zip(balancer.backends().await?) {

@@ -61,7 +61,7 @@ impl FeedSource for LearnerJoin {
     }
 }
 
-/// batch-authors, the correct alternative (docs/stage-1.md, "The other fix"): the posts, then
+/// batch-authors, the correct alternative (docs/walkthrough/stage-1.md, "The other fix"): the posts, then
 /// every author of the page in one `where id = any($1)`. Two statements whatever the page size.
 pub struct BatchAuthors {
     db: PgPool,

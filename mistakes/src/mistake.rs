@@ -38,7 +38,7 @@ pub enum Mistake {
     #[value(help = "stage-1's JOIN without its migration: a Seq Scan and a Sort per request")]
     JoinWithoutIndex,
     /// NOT a mistake: the posts query, then every author of the page in one
-    /// `select … from users where id = any($1)` (docs/stage-1.md, "The other fix"). Two
+    /// `select … from users where id = any($1)` (docs/walkthrough/stage-1.md, "The other fix"). Two
     /// statements whatever the page size; the same JSON. It must pass stage-1.
     #[value(help = "NOT a mistake: posts, then their authors in one `any($1)` query (2 statements); must pass stage-1")]
     BatchAuthors,

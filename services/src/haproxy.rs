@@ -1,5 +1,8 @@
 //! HAProxy in front of several instances of a service: round-robin, each backend health-checked
-//! on `GET /ready`, as a team would run it in front of stage-3.
+//! on `GET /health`, as a team would run it in front of stage-3. Not `/ready`: readiness reports
+//! Redis too (docs/api.md), and every instance shares the same Redis, so a Redis outage would
+//! take every instance out of rotation at once, while the feed itself keeps answering without
+//! Redis. `/health` says the process serves HTTP, which is what the balancer needs to know.
 //!
 //! Installed from the distribution (`apt-get install haproxy`); started in the foreground on a
 //! free port with a generated configuration, stopped when dropped.
@@ -27,42 +30,54 @@ pub struct Backend {
 }
 
 impl Haproxy {
-    /// Start HAProxy on `port` (a free one when `None`) balancing over `backends` (`host:port`
-    /// each); ready when at least one backend passed its health check.
-    pub async fn start(port: Option<u16>, backends: &[String]) -> anyhow::Result<Self> {
+    /// Start HAProxy on `listen` (`127.0.0.1` and a free port when `None`) balancing over
+    /// `backends` (`host:port` each); ready when at least one backend passed its health check.
+    pub async fn start(listen: Option<std::net::SocketAddr>, backends: &[String]) -> anyhow::Result<Self> {
         crate::on_path("haproxy").context("haproxy was not found on PATH (Debian/Ubuntu: apt-get install haproxy)")?;
         anyhow::ensure!(!backends.is_empty(), "HAProxy needs at least one backend");
         let dir = tempfile::Builder::new().prefix("kata-haproxy-").tempdir()?;
-        let (port, stats_port) = (port.map_or_else(crate::free_port, Ok)?, crate::free_port()?);
+        let listen = match listen {
+            Some(addr) => addr,
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()?)),
+        };
+        let (port, stats_port) = (listen.port(), crate::free_port()?);
         let config = dir.path().join("haproxy.cfg");
-        std::fs::write(&config, configuration(port, stats_port, backends))?;
+        std::fs::write(&config, configuration(listen, stats_port, backends))?;
         let check = Command::new("haproxy").arg("-c").arg("-f").arg(&config).output()?;
         if !check.status.success() {
             bail!("HAProxy refused its configuration:\n{}", String::from_utf8_lossy(&check.stderr));
         }
+        let log = dir.path().join("haproxy.log");
         let child = Command::new("haproxy")
             .arg("-db") // foreground: the checker owns the process
             .arg("-f")
             .arg(&config)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting haproxy")?;
-        let proxy = Self { child: Some(child), port, stats_port, _dir: dir };
+        let mut proxy = Self { child: Some(child), port, stats_port, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
+            if let Some(child) = proxy.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                proxy.child = None;
+                bail!("HAProxy exited ({status}) on {listen}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
             if let Ok(backends) = proxy.backends().await
                 && backends.iter().any(|b| b.status == "UP")
             {
                 return Ok(proxy);
             }
             if Instant::now() > deadline {
-                bail!("HAProxy on 127.0.0.1:{port} had no healthy backend (GET /ready 200) within 10 s");
+                bail!("HAProxy on {listen} had no healthy backend (GET /health 200) within 10 s");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
+    /// The balancer's address on loopback (whatever interface it was bound to).
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -80,7 +95,7 @@ impl Haproxy {
     }
 }
 
-fn configuration(port: u16, stats_port: u16, backends: &[String]) -> String {
+fn configuration(listen: std::net::SocketAddr, stats_port: u16, backends: &[String]) -> String {
     let servers: String = backends
         .iter()
         .enumerate()
@@ -89,8 +104,8 @@ fn configuration(port: u16, stats_port: u16, backends: &[String]) -> String {
     format!(
         "global\n    maxconn 4096\n\n\
          defaults\n    mode http\n    timeout connect 2s\n    timeout client 30s\n    timeout server 30s\n\n\
-         frontend feed\n    bind 127.0.0.1:{port}\n    default_backend instances\n\n\
-         backend instances\n    balance roundrobin\n    option httpchk GET /ready\n    http-check expect status 200\n\
+         frontend feed\n    bind {listen}\n    default_backend instances\n\n\
+         backend instances\n    balance roundrobin\n    option httpchk GET /health\n    http-check expect status 200\n\
          \x20   default-server inter 500ms fall 2 rise 1\n{servers}\n\
          frontend stats\n    bind 127.0.0.1:{stats_port}\n    stats enable\n    stats uri /stats\n"
     )

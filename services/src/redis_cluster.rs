@@ -45,14 +45,20 @@ impl RedisCluster {
             wait_for_ping(node.port).await?;
         }
         let addresses: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .context("running redis-cli --cluster create")?;
+        let created = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addresses)
+                .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("redis-cli --cluster create did not finish within 30 s"))?
+        .context("running redis-cli --cluster create")?;
         if !created.status.success() {
             bail!(
                 "redis-cli --cluster create failed ({}):\n{}{}",
@@ -109,10 +115,6 @@ impl RedisCluster {
         self.nodes.iter().map(|n| node_url(n.port)).collect::<Vec<_>>().join(",")
     }
 
-    pub fn ports(&self) -> Vec<u16> {
-        self.nodes.iter().map(|n| n.port).collect()
-    }
-
     /// Ports of the nodes that are masters now, as the cluster itself reports (`CLUSTER NODES`
     /// from a live node), in port order.
     pub async fn masters(&self) -> anyhow::Result<Vec<u16>> {
@@ -137,14 +139,6 @@ impl RedisCluster {
             let _ = child.kill();
             let _ = child.wait();
         }
-    }
-
-    /// Start a killed node again on its port and data directory: it rejoins as a replica of
-    /// whoever took over its slots.
-    pub async fn restart(&mut self, port: u16) -> anyhow::Result<()> {
-        self.kill(port);
-        self.spawn(port)?;
-        wait_for_ping(port).await
     }
 
     /// Wait until every running node says `cluster_state:ok` (all 16384 slots served).
@@ -186,18 +180,6 @@ impl RedisCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    /// `INFO commandstats`-style total of commands each node processed (`total_commands_processed`).
-    pub async fn commands_per_node(&self) -> Vec<(u16, Option<u64>)> {
-        let mut out = Vec::new();
-        for node in &self.nodes {
-            let info = query(node.port, &redis::cmd("INFO").arg("stats").clone()).await.ok();
-            let total = info
-                .and_then(|i| i.lines().find_map(|l| l.strip_prefix("total_commands_processed:")?.trim().parse().ok()));
-            out.push((node.port, total));
-        }
-        out
     }
 
     async fn query_any(&self, cmd: &mut redis::Cmd) -> anyhow::Result<String> {

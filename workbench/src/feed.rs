@@ -24,7 +24,7 @@ struct PostRow {
 }
 
 impl PostRow {
-    /// The post's author, like `post.author` on an ORM model.
+    /// The post's author.
     async fn author(&self, db: &PgPool) -> Result<Author, FeedError> {
         sqlx::query_as::<_, (i64, String, String)>("select id, name, avatar from users where id = $1")
             .bind(self.author_id)

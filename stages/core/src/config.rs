@@ -19,7 +19,7 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: String,
 
-    /// A Redis Cluster instead of REDIS_URL: some or all of its nodes, comma-separated
+    /// A Redis Cluster, used instead of REDIS_URL: some or all of its nodes, comma-separated
     /// (`redis://127.0.0.1:7000/,redis://127.0.0.1:7001/`). See docs/scale-out.md.
     #[arg(long, env = "REDIS_CLUSTER_NODES")]
     pub redis_cluster_nodes: Option<String>,

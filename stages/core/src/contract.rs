@@ -1,6 +1,6 @@
 //! The numbers the kata promises, typed once. The stages take their defaults from here and the
 //! checker grades against the same values, so a default and the bar it is graded by cannot drift
-//! apart. docs/stage-2.md and docs/stage-3.md explain how each was chosen.
+//! apart. docs/walkthrough/stage-2.md and docs/walkthrough/stage-3.md explain how each was chosen.
 
 use crate::api::DEFAULT_LIMIT;
 

@@ -25,7 +25,7 @@ use redis::AsyncCommands as _;
 pub struct CacheConfig {
     /// How long a cached timeline may be served, in seconds. New posts never wait for it (the
     /// write path invalidates); what can be stale for up to this long is an author's name or
-    /// avatar. See docs/stage-2.md for how 300 s was chosen.
+    /// avatar. See docs/walkthrough/stage-2.md for how 300 s was chosen.
     #[arg(long, env = "CACHE_TTL_SECS", default_value_t = contract::CACHE_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_ttl_secs: u64,
 

@@ -16,7 +16,7 @@ use feed_core::contract;
 use feed_core::error::Problem;
 
 /// Rate-limit settings (flags and environment variables of the stage-3 binary).
-/// docs/stage-3.md explains the numbers.
+/// docs/walkthrough/stage-3.md explains the numbers.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RateLimitConfig {
     /// free tier: sustained requests per minute (refill rate).
