@@ -5,7 +5,9 @@
 //! throttle is the arrival rate. A step holds when the service kept up (at least 90 % of the
 //! rate arrived and was answered, counted after the ramp), its p99 stayed under the gate and its errors under the gate's
 //! rate. The rate doubles while steps hold; after the first step that does not, two bisections
-//! narrow the gap. The capacity is the best rate a holding step achieved, as measured.
+//! narrow the gap; when even the first step does not hold, the rate halves (three times at most)
+//! until one does, and the same bisections follow. The capacity is the best rate a holding step
+//! achieved, as measured.
 
 use std::time::Duration;
 
@@ -23,6 +25,8 @@ const STEP_RAMP: Duration = Duration::from_secs(2);
 const KEPT_UP: f64 = 0.8;
 /// Bisections after the first step that does not hold.
 const BISECTIONS: usize = 2;
+/// Halvings below the start rate when even it does not hold (50/s down to 6/s).
+const HALVINGS: usize = 3;
 /// The most requests one user makes in a step: under stage-3's free-tier burst (60), so the
 /// search measures the service, not its rate limiter.
 const PER_USER: f64 = 50.0;
@@ -41,7 +45,7 @@ pub struct Capacity {
     /// The search stopped at `--max-rate` with every step holding: the capacity is at least this.
     pub at_max: bool,
     /// The lowest rate tried.
-    pub start_rate: usize,
+    pub lowest_rate: usize,
     pub steps: Vec<StepResult>,
 }
 
@@ -60,7 +64,7 @@ impl Capacity {
         match self.rate {
             Some(rate) if self.at_max => format!("≥ {rate:.0}/s"),
             Some(rate) => format!("{rate:.0}/s"),
-            None => format!("< {}/s", self.start_rate),
+            None => format!("< {}/s", self.lowest_rate),
         }
     }
 }
@@ -81,9 +85,17 @@ fn next_rate(steps: &[StepResult], search: &SearchArgs) -> Option<usize> {
                 Some((last * 2).min(search.max_rate))
             }
         }
-        (None, Some(_)) => None,
+        // Even the first rate was too much: halve it, a few times, to find one that holds.
+        (None, Some(failed)) => {
+            let halvings = steps.len();
+            (halvings <= HALVINGS && failed / 2 >= 1).then_some(failed / 2)
+        }
         (Some(held), Some(failed)) => {
-            let bisected = steps.iter().skip_while(|s| s.held).count() - 1;
+            // Steps since the first one that had a hold and a failure on either side.
+            let bracketed = (0..steps.len())
+                .find(|&i| steps[..=i].iter().any(|s| s.held) && steps[..=i].iter().any(|s| !s.held))
+                .unwrap_or(steps.len() - 1);
+            let bisected = steps.len() - 1 - bracketed;
             let mid = (held + failed) / 2;
             (bisected < BISECTIONS && mid > held && mid < failed).then_some(mid)
         }
@@ -151,7 +163,8 @@ pub async fn search(
         .map(|s| s.achieved_rate)
         .fold(None, |a: Option<f64>, r| Some(a.map_or(r, |a| a.max(r))));
     let at_max = steps.iter().all(|s| s.held) && !steps.is_empty();
-    Ok(Capacity { rate: best, at_max, start_rate: search.start_rate, steps })
+    let lowest_rate = steps.iter().map(|s| s.target_rate).min().unwrap_or(search.start_rate);
+    Ok(Capacity { rate: best, at_max, lowest_rate, steps })
 }
 
 #[cfg(test)]
@@ -184,7 +197,14 @@ mod tests {
         assert_eq!(next_rate(&steps, &search), Some(125));
         steps.push(step(125, true));
         assert_eq!(next_rate(&steps, &search), None);
-        assert_eq!(next_rate(&[step(50, false)], &search), None);
+        let mut steps = vec![step(50, false)];
+        assert_eq!(next_rate(&steps, &search), Some(25));
+        steps.push(step(25, false));
+        assert_eq!(next_rate(&steps, &search), Some(12));
+        steps.push(step(12, true));
+        assert_eq!(next_rate(&steps, &search), Some(18));
+        let failing: Vec<_> = [50, 25, 12, 6].map(|r| step(r, false)).into();
+        assert_eq!(next_rate(&failing, &search), None);
     }
 
     #[test]
@@ -196,7 +216,7 @@ mod tests {
 
     #[test]
     fn capacity_says_when_it_is_a_bound() {
-        let cap = |rate, at_max| Capacity { rate, at_max, start_rate: 50, steps: Vec::new() };
+        let cap = |rate, at_max| Capacity { rate, at_max, lowest_rate: 50, steps: Vec::new() };
         assert_eq!(cap(Some(1234.4), false).display(), "1234/s");
         assert_eq!(cap(Some(800.0), true).display(), "≥ 800/s");
         assert_eq!(cap(None, false).display(), "< 50/s");

@@ -160,7 +160,7 @@ fn latency<DB: DrawingBackend>(
 ) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
     let n = rows.len().max(1);
     let labels: Vec<String> = rows.iter().map(Row::label).collect();
-    let top = rows.iter().map(|r| r.p99_ms).fold(gate_ms * 2.5, f64::max) * 6.0;
+    let top = rows.iter().map(|r| r.p99_ms).fold(gate_ms * 2.5, f64::max) * 10.0;
     let floor = 0.5;
     let caption = "p99 of the readers' feed requests, log scale (green: within the gate, red: not)";
     let mut chart = bar_area(area, caption, (floor..top).log_scale(), n)?;

@@ -378,7 +378,7 @@ pub(crate) mod tests {
         let cap = |rate| Capacity {
             rate: Some(rate),
             at_max: false,
-            start_rate: 50,
+            lowest_rate: 50,
             steps: vec![StepResult { target_rate: 50, achieved_rate: rate, p99_ms: 1.0, error_pct: 0.0, held: true }],
         };
         Capacities { health: Some(cap(12_000.0)), targets: vec![(Target::Stage(0), cap(98.0))] }

@@ -81,9 +81,10 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let bin_dir = build_targets(&targets)?;
     let mut env = Environment::start(args.common.db_latency_ms).await?;
     let probes = Probes::connect(Some(&env.services.database_url)).await?;
-    let out_dir = Path::new(WORKSPACE).join(&args.out_dir);
-    let out_dir = if args.out_dir.is_absolute() { args.out_dir.clone() } else { out_dir };
+    let out_dir =
+        if args.out_dir.is_absolute() { args.out_dir.clone() } else { Path::new(WORKSPACE).join(&args.out_dir) };
     std::fs::create_dir_all(&out_dir)?;
+    let out_dir = out_dir.canonicalize().unwrap_or(out_dir);
     let mut rows = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let name = format!("{}-{}{}", spec.target, spec.users, if spec.abuser { "-abuser" } else { "" });
