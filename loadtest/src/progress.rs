@@ -122,7 +122,7 @@ impl RunProgress {
         let bar = bars().map(|bars| {
             let bar = bars.add(ProgressBar::new(length.as_secs().max(1)));
             bar.set_style(
-                ProgressStyle::with_template("{prefix} {bar:24} {elapsed:>3}/{duration} {msg}")
+                ProgressStyle::with_template("{prefix} {bar:20} {elapsed:>3}/{duration} ETA {eta:>3} {msg}")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
