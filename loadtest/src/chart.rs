@@ -242,7 +242,9 @@ fn capacity<DB: DrawingBackend>(
     let mut bars: Vec<(String, Option<f64>, String, RGBColor)> =
         vec![("GET /health".into(), health.rate, health.display(), CEILING)];
     for (target, found) in &capacities.targets {
-        let ratio = capacities.ratio(*target).map_or_else(String::new, |r| format!(" = {:.0} % of /health", r * 100.0));
+        let ratio = capacities
+            .ratio(*target)
+            .map_or_else(String::new, |r| format!(" = {} of /health", crate::report::percent(r)));
         let colour = if found.rate.is_some() { CAPACITY } else { OPEN };
         bars.push((target.package(), found.rate, format!("{}{ratio}", found.display()), colour));
     }

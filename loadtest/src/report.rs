@@ -216,6 +216,12 @@ impl Capacities {
     }
 }
 
+/// A share as a percentage: whole percents, one decimal below 10 % (18 of 10,396 is 0.2 %, not 0 %).
+pub fn percent(share: f64) -> String {
+    let pct = share * 100.0;
+    if pct < 10.0 { format!("{pct:.1} %") } else { format!("{pct:.0} %") }
+}
+
 fn dash() -> String {
     "–".to_string()
 }
@@ -246,8 +252,7 @@ pub fn narrow(provenance: &Provenance, rows: &[Row], capacities: &Capacities, ga
             health.display()
         );
         for (target, capacity) in &capacities.targets {
-            let ratio =
-                capacities.ratio(*target).map_or_else(String::new, |r| format!(", {:.0} % of /health", r * 100.0));
+            let ratio = capacities.ratio(*target).map_or_else(String::new, |r| format!(", {} of /health", percent(r)));
             let _ = writeln!(out, "  {target:<11} {}{ratio}", capacity.display());
         }
     }
@@ -307,7 +312,7 @@ pub fn markdown(provenance: &Provenance, rows: &[Row], capacities: &Capacities) 
                 .zip(row.abuser_per_sec)
                 .map_or_else(dash, |(a, rate)| format!("{} / {} ({rate:.0}/s)", a.admitted, a.limited)),
             capacities.of(row.target).map_or_else(dash, Capacity::display),
-            capacities.ratio(row.target).map_or_else(dash, |r| format!("{:.0} %", r * 100.0)),
+            capacities.ratio(row.target).map_or_else(dash, percent),
             row.verdict(),
             row.report.as_deref().map_or_else(dash, |path| format!("[html]({path})")),
         );
@@ -414,7 +419,8 @@ pub(crate) mod tests {
             assert!(line.chars().count() <= NARROW, "{} columns: {line}", line.chars().count());
         }
         assert!(text.starts_with("measured at commit abcdef0"));
-        assert!(text.contains("stage-0     98/s, 1 % of /health"));
+        assert!(text.contains("stage-0     98/s, 0.8 % of /health"), "{text}");
+        assert_eq!(percent(0.95), "95 %");
         let wide = markdown(&provenance, &rows, &capacities());
         assert!(wide.contains("[html](stage-0-200.html)"));
     }
