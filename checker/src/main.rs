@@ -409,7 +409,10 @@ async fn up(
     println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);
     match &cluster {
         Some(cluster) => {
-            println!("export REDIS_CLUSTER_NODES={}   # redis-cli -c -u <any of them>", cluster.nodes_csv())
+            // A service still needs REDIS_URL set; REDIS_CLUSTER_NODES takes precedence over it.
+            let nodes = cluster.nodes_csv();
+            println!("export REDIS_URL={}", nodes.split(',').next().unwrap_or_default());
+            println!("export REDIS_CLUSTER_NODES={nodes}   # used instead of REDIS_URL; redis-cli -c -u <any of them>");
         }
         None => println!("export REDIS_URL={}", s.redis_url),
     }
