@@ -409,10 +409,12 @@ async fn up(
     println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);
     match &cluster {
         Some(cluster) => {
-            // A service still needs REDIS_URL set; REDIS_CLUSTER_NODES takes precedence over it.
+            // Not exported: the checker's and the load test's own commands honour REDIS_URL and
+            // would talk to one node of the cluster as if it were all of Redis.
             let nodes = cluster.nodes_csv();
-            println!("export REDIS_URL={}", nodes.split(',').next().unwrap_or_default());
-            println!("export REDIS_CLUSTER_NODES={nodes}   # used instead of REDIS_URL; redis-cli -c -u <any of them>");
+            let first = nodes.split(',').next().unwrap_or_default();
+            println!("# for a service of yours: REDIS_URL={first} REDIS_CLUSTER_NODES={nodes}");
+            println!("# (the cluster client uses REDIS_CLUSTER_NODES; a service still needs REDIS_URL set)");
         }
         None => println!("export REDIS_URL={}", s.redis_url),
     }

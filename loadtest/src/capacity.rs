@@ -2,7 +2,7 @@
 //! model (the arrival rate is set, not the users' patience).
 //!
 //! Many users with no think time make requests as fast as Goose's throttle lets them, so the
-//! throttle is the arrival rate. A step holds when the service kept up (at least 90 % of the
+//! throttle is the arrival rate. A step holds when the service kept up (at least 80 % of the
 //! rate arrived and was answered, counted after the ramp), its p99 stayed under the gate and its errors under the gate's
 //! rate. The rate doubles while steps hold; after the first step that does not, two bisections
 //! narrow the gap; when even the first step does not hold, the rate halves (three times at most)
