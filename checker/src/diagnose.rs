@@ -43,7 +43,7 @@ pub struct Diagnosis {
     #[arg(long, value_name = "TABLE")]
     pub per_row: String,
     /// Whether the statement that reads the timeline's posts finds them through an index.
-    #[arg(long, value_name = "yes|no", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, value_name = "yes|no", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), hide_possible_values = true)]
     pub posts_index: bool,
     /// Where most of a request's database time goes.
     #[arg(long, value_enum)]
