@@ -58,37 +58,36 @@ async fn haproxy_spreads_requests_and_skips_a_dead_instance() {
     let (a, a_addr) = ready_server().await;
     let (_b, b_addr) = ready_server().await;
     let proxy = Haproxy::start(None, &[a_addr, b_addr]).await.expect("haproxy starts");
-    let http = reqwest::Client::new();
     // Wait until both are UP, then send 10 requests: round robin gives 5 each.
-    for _ in 0..100 {
-        if proxy.backends().await.unwrap().iter().all(|b| b.status == "UP") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let before: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
-    for _ in 0..10 {
-        assert_eq!(http.get(format!("{}/ready", proxy.base_url())).send().await.unwrap().status(), 200);
-    }
-    let after: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
-    let sent: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(sent, [5, 5], "round robin over two healthy instances");
+    wait_until(&proxy, |b| b.iter().all(|b| b.status == "UP")).await;
+    assert_eq!(spread(&proxy, 10).await, [5, 5], "round robin over two healthy instances");
 
     // One instance dies: after its health checks fail, every request goes to the other.
     a.abort();
+    wait_until(&proxy, |b| b.iter().any(|b| b.status.starts_with("DOWN"))).await;
+    assert_eq!(spread(&proxy, 10).await, [0, 10], "nothing to the dead instance");
+}
+
+/// Up to 5 s for the balancer's view of its backends to satisfy `done`.
+async fn wait_until(proxy: &Haproxy, done: impl Fn(&[kata_services::Backend]) -> bool) {
     for _ in 0..100 {
-        if proxy.backends().await.unwrap().iter().any(|b| b.status.starts_with("DOWN")) {
-            break;
+        if done(&proxy.backends().await.unwrap()) {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let before: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
-    for _ in 0..10 {
+}
+
+/// Send `n` requests through the balancer (each answered 200); how many each backend got.
+async fn spread(proxy: &Haproxy, n: usize) -> Vec<u64> {
+    let requests = |backends: Vec<kata_services::Backend>| backends.iter().map(|b| b.requests).collect::<Vec<u64>>();
+    let before = requests(proxy.backends().await.unwrap());
+    let http = reqwest::Client::new();
+    for _ in 0..n {
         assert_eq!(http.get(format!("{}/ready", proxy.base_url())).send().await.unwrap().status(), 200);
     }
-    let after: Vec<u64> = proxy.backends().await.unwrap().iter().map(|b| b.requests).collect();
-    let sent: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
-    assert_eq!(sent, [0, 10], "nothing to the dead instance");
+    let after = requests(proxy.backends().await.unwrap());
+    after.iter().zip(&before).map(|(a, b)| a - b).collect()
 }
 
 async fn ready_server() -> (tokio::task::JoinHandle<()>, String) {
