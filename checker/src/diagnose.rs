@@ -116,11 +116,7 @@ fn tables_of(query: &str) -> Vec<String> {
 
 /// Start `target`, send feed requests (limit 20) for users with full timelines, and measure.
 pub async fn measure(env: &KataEnv, target: Implementation) -> anyhow::Result<Measured> {
-    let users: Vec<i64> = sqlx::query_scalar(
-        "select user_id from posts group by user_id having count(*) >= 20 order by user_id limit 10",
-    )
-    .fetch_all(&env.admin)
-    .await?;
+    let users = crate::explain::full_timelines(&env.admin).await?;
     anyhow::ensure!(!users.is_empty(), "no seeded user has 20 posts; run `cargo kata seed`");
     feed_core::db::reset_to_core_schema(&env.admin).await?;
     let app = env.spawn(target).await?;

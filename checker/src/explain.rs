@@ -140,6 +140,14 @@ fn walk(plan: &Value, depth: usize, out: &mut Vec<PlanNode>) {
     }
 }
 
+/// The first ten users whose timelines fill a default page (20 posts or more): whose feeds
+/// `explain` and `diagnose` request, so both measure the same reads.
+pub async fn full_timelines(admin: &PgPool) -> anyhow::Result<Vec<i64>> {
+    Ok(sqlx::query_scalar("select user_id from posts group by user_id having count(*) >= 20 order by user_id limit 10")
+        .fetch_all(admin)
+        .await?)
+}
+
 /// `checker explain`: drive a burst of feed requests through `stage`, then show what an engineer
 /// would look at: the top statements by calls, and the plan of each.
 pub async fn on_demand(
@@ -147,11 +155,7 @@ pub async fn on_demand(
     stage: crate::Implementation,
     user: Option<i64>,
 ) -> anyhow::Result<String> {
-    let users: Vec<i64> = sqlx::query_scalar(
-        "select user_id from posts group by user_id having count(*) >= 20 order by user_id limit 10",
-    )
-    .fetch_all(&env.admin)
-    .await?;
+    let users = full_timelines(&env.admin).await?;
     let user = user.or(users.first().copied()).ok_or_else(|| anyhow::anyhow!("no seeded users; run `checker seed`"))?;
     // The schema the implementation's own migrations give it, as `verify` does.
     feed_core::db::reset_to_core_schema(&env.admin).await?;
