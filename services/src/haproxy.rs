@@ -77,6 +77,23 @@ impl Haproxy {
         }
     }
 
+    /// Wait until every backend passed its health check (`UP`), or fail after `limit` naming the
+    /// ones that did not.
+    pub async fn wait_all_up(&self, limit: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let backends = self.backends().await.unwrap_or_default();
+            if !backends.is_empty() && backends.iter().all(|b| b.status == "UP") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let states: Vec<String> = backends.iter().map(|b| format!("{} {}", b.name, b.status)).collect();
+                bail!("HAProxy's backends were not all UP within {} s: {}", limit.as_secs(), states.join(", "));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The balancer's address on loopback (whatever interface it was bound to).
     pub fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)

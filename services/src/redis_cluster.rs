@@ -131,6 +131,46 @@ impl RedisCluster {
         Ok(masters)
     }
 
+    /// Each live master's `redis://` URL, in port order: where a cluster's data is. Per-node
+    /// commands (`INFO`, `KEYS`, `FLUSHALL`) go to each of these.
+    pub async fn master_urls(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.masters().await?.into_iter().map(node_url).collect())
+    }
+
+    /// The port of the master that serves `key` now (`CLUSTER KEYSLOT`, then `CLUSTER SLOTS`).
+    pub async fn owner_of(&self, key: &str) -> anyhow::Result<u16> {
+        let slot: i64 = self.query_any(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).await?.parse()?;
+        let port = self.nodes.iter().find(|n| n.child.is_some()).map(|n| n.port).context("no node is running")?;
+        let client = redis::Client::open(node_url(port))?;
+        let mut conn =
+            tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await??;
+        let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
+        slot_owner(&slots, slot).with_context(|| format!("no master serves slot {slot} (of key {key})"))
+    }
+
+    /// Kill every node: the whole cluster is unreachable, as one Redis is when it stops.
+    pub fn stop_all(&mut self) {
+        let ports: Vec<u16> = self.nodes.iter().map(|n| n.port).collect();
+        for port in ports {
+            self.kill(port);
+        }
+    }
+
+    /// Start every stopped node again on its port, with its own `nodes.conf`: the cluster comes
+    /// back with the same slots and roles, and (no persistence) without data. Returns once every
+    /// node says `cluster_state:ok`.
+    pub async fn restart_stopped(&mut self) -> anyhow::Result<()> {
+        let stopped: Vec<u16> = self.nodes.iter().filter(|n| n.child.is_none()).map(|n| n.port).collect();
+        for &port in &stopped {
+            self.spawn(port)?;
+        }
+        for port in stopped {
+            wait_for_ping(port).await?;
+        }
+        self.wait_until_ok(Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
     /// Kill one node as a crash would (SIGKILL, no goodbye to its replicas or clients).
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|n| n.port == port)
@@ -192,6 +232,24 @@ impl RedisCluster {
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("no node of the cluster is running")))
     }
+}
+
+/// The port of the master serving `slot`, from a `CLUSTER SLOTS` reply (ranges of slots, each
+/// with its master's address first).
+fn slot_owner(slots: &redis::Value, slot: i64) -> Option<u16> {
+    let redis::Value::Array(ranges) = slots else { return None };
+    ranges.iter().find_map(|range| {
+        let redis::Value::Array(fields) = range else { return None };
+        let (redis::Value::Int(start), redis::Value::Int(end)) = (fields.first()?, fields.get(1)?) else { return None };
+        if !(*start..=*end).contains(&slot) {
+            return None;
+        }
+        let redis::Value::Array(master) = fields.get(2)? else { return None };
+        match master.get(1)? {
+            redis::Value::Int(port) => u16::try_from(*port).ok(),
+            _ => None,
+        }
+    })
 }
 
 fn node_url(port: u16) -> String {
