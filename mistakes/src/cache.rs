@@ -39,12 +39,14 @@ impl LearnerCache {
         Self { inner: PostsWithAuthors::new(ctx.db.clone()), redis: ctx.redis.clone(), config, mistake }
     }
 
-    /// Where a page of `user_id`'s feed is cached.
+    /// Where a page of `user_id`'s feed is cached (its lock: the same name plus `:lock`). The
+    /// braces are a hash tag: on a Redis Cluster the key and its lock share a slot.
     fn key(&self, user_id: i64, limit: i64) -> String {
         match self.mistake {
             Mistake::KeyWithoutUser => "feed:v1".to_owned(),
-            Mistake::KeyPerLimit => format!("feed:v1:user:{user_id}:limit:{limit}"),
-            _ => format!("feed:v1:user:{user_id}"),
+            Mistake::KeyPerLimit => format!("feed:v1:{{user:{user_id}}}:limit:{limit}"),
+            Mistake::KeysWithoutHashTags => format!("feed:v1:user:{user_id}"),
+            _ => format!("feed:v1:{{user:{user_id}}}"),
         }
     }
 

@@ -92,6 +92,12 @@ pub enum Mistake {
     /// that user's timeline until it expires. A data leak, not just a stale page.
     #[value(help = "one global key feed:v1: every user is served the first reader's feed")]
     KeyWithoutUser,
+    /// The cache's keys without a hash tag (`feed:v1:user:42` and `feed:v1:user:42:lock`), in
+    /// front of the reference limiter. On one Redis nothing is wrong. On a Redis Cluster the two
+    /// keys hash to different slots, so the fill script, which touches both, and the DEL on a
+    /// post are refused with CROSSSLOT: nothing is ever cached. Graded with `--topology cluster`.
+    #[value(help = "cache keys without a hash tag: on a Redis Cluster every fill is refused (CROSSSLOT)")]
+    KeysWithoutHashTags,
 
     // The stage-3 bar: the rate limiter (in front of the reference stage-2 cache).
     /// The bucket is keyed by the TCP peer address. Everyone behind one address (an office NAT,
@@ -167,7 +173,7 @@ impl Mistake {
             | KeyPerLimit
             | KeyWithoutUser => "stage-2",
             BucketByPeerIp | BucketByForwardedFor | BucketInMemory | GetThenSet | FixedWindow | NoRetryAfter
-            | TUntilFull | LimitHealthToo | LimiterRedisError500 => "stage-3",
+            | TUntilFull | LimitHealthToo | LimiterRedisError500 | KeysWithoutHashTags => "stage-3",
         }
     }
 
@@ -192,6 +198,10 @@ impl Mistake {
             }
             NoTtl | NoInvalidation | FillWithoutLockCheck | NoStampedeLock | RedisError500 | KeyPerLimit
             | KeyWithoutUser => Stage::new(NAME, LearnerCache::new(&ctx, cache, self)),
+            KeysWithoutHashTags => {
+                let cached = Stage::new(NAME, LearnerCache::new(&ctx, cache, self));
+                stage_3::limited(cached, ctx.redis.clone(), limits)
+            }
             BucketByPeerIp | BucketByForwardedFor | BucketInMemory | GetThenSet | FixedWindow | NoRetryAfter
             | TUntilFull | LimitHealthToo | LimiterRedisError500 => {
                 let limiter = Arc::new(LearnerLimiter::new(ctx.redis.clone(), limits, &ctx.config.jwt_secret, self));
