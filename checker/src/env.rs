@@ -1,5 +1,6 @@
 //! The checker's world: services, the seeded database, and the implementations it starts.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use feed_core::auth::{JwtKeys, Tier};
@@ -23,6 +24,9 @@ pub struct EnvOptions {
     pub honour_env: bool,
     /// How long a started implementation may take to answer `GET /ready` with 200.
     pub ready_timeout: Duration,
+    /// Give the implementation a Redis Cluster (3 masters, 3 replicas) instead of one Redis:
+    /// `verify --topology cluster`.
+    pub redis_cluster: bool,
 }
 
 impl Default for EnvOptions {
@@ -32,6 +36,7 @@ impl Default for EnvOptions {
             db_latency_ms: kata_services::DEFAULT_DB_LATENCY_MS,
             honour_env: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            redis_cluster: false,
         }
     }
 }
@@ -40,7 +45,8 @@ pub struct KataEnv {
     pub services: Services,
     /// The checker's own connection, straight to Postgres (not through the latency proxy).
     pub admin: PgPool,
-    pub redis: redis::Client,
+    /// The Redis Cluster the implementation is given instead of `redis`, when asked for.
+    pub cluster: Option<kata_services::RedisCluster>,
     pub keys: JwtKeys,
     pub jwt_secret: String,
     pub options: EnvOptions,
@@ -63,21 +69,33 @@ impl KataEnv {
         feed_core::db::migrate(&admin).await?;
         crate::pgss::ensure_extension(&admin).await?;
         feed_core::seed::seed(&admin, options.profile, feed_core::seed::DEFAULT_SEED).await?;
-        let redis = redis::Client::open(services.redis_url.as_str())?;
+        let cluster = match options.redis_cluster {
+            true => Some(kata_services::RedisCluster::start(3, 1).await?),
+            false => None,
+        };
         let db_round_trip_ms = round_trip_ms(&services.service_database_url).await?;
         let jwt_secret = std::env::var("JWT_SECRET").unwrap_or_else(|_| feed_core::auth::DEV_SECRET.into());
-        Ok(Self { keys: JwtKeys::new(&jwt_secret), services, admin, redis, jwt_secret, options, db_round_trip_ms })
+        Ok(Self { keys: JwtKeys::new(&jwt_secret), services, admin, cluster, jwt_secret, options, db_round_trip_ms })
     }
 
     /// The environment an implementation is started with: the database through the latency
-    /// proxy, the checker's Redis, the secret its tokens are signed with. (`LISTEN_ADDR` is added
-    /// per process.)
+    /// proxy, the checker's Redis (or its cluster: `REDIS_CLUSTER_NODES`, with `REDIS_URL` one of
+    /// its nodes, since a service requires it), the secret its tokens are signed with.
+    /// (`LISTEN_ADDR` is added per process.)
     pub fn app_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("DATABASE_URL".into(), self.services.service_database_url.clone()),
-            ("REDIS_URL".into(), self.services.redis_url.clone()),
             ("JWT_SECRET".into(), self.jwt_secret.clone()),
-        ]
+        ];
+        match &self.cluster {
+            Some(cluster) => {
+                let nodes = cluster.nodes_csv();
+                env.push(("REDIS_URL".into(), nodes.split(',').next().unwrap_or_default().to_owned()));
+                env.push(("REDIS_CLUSTER_NODES".into(), nodes));
+            }
+            None => env.push(("REDIS_URL".into(), self.services.redis_url.clone())),
+        }
+        env
     }
 
     /// Start `launch` as its own process with [`Self::app_env`] plus `extra`, ready to serve.
@@ -110,16 +128,93 @@ impl KataEnv {
         self.keys.mint(user_id, tier, Duration::from_secs(3600))
     }
 
-    pub async fn redis_conn(&self) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-        Ok(self.redis.get_multiplexed_async_connection().await?)
+    /// A connection to each Redis that holds the implementation's data: the one server, or every
+    /// master of the cluster as it stands now (after a failover, the promoted replicas). What is
+    /// per node (`INFO`, `KEYS`, `DBSIZE`, `FLUSHDB`) is asked of each and added up.
+    pub async fn redis_nodes(&self) -> anyhow::Result<Vec<redis::aio::MultiplexedConnection>> {
+        let urls = match &self.cluster {
+            Some(cluster) => cluster.master_urls().await?,
+            None => vec![self.services.redis_url.clone()],
+        };
+        connect_each(&urls).await
     }
 
-    /// Empty the checker's Redis so cache measurements start cold.
+    /// Empty the implementation's Redis (every master) so cache measurements start cold.
     pub async fn flush_redis(&self) -> anyhow::Result<()> {
-        let mut conn = self.redis_conn().await?;
-        let _: () = redis::cmd("FLUSHDB").query_async(&mut conn).await?;
+        for mut node in self.redis_nodes().await? {
+            let _: () = redis::cmd("FLUSHDB").query_async(&mut node).await?;
+        }
         Ok(())
     }
+
+    /// `INFO section` of every node, as `field → value summed over the nodes` (numbers only).
+    pub async fn redis_info(&self, section: &str) -> anyhow::Result<BTreeMap<String, u64>> {
+        info_sum(self.redis_nodes().await?, section).await
+    }
+
+    /// The keys matching `pattern` on every node, each with its `PTTL` in ms (-1: no expiry).
+    pub async fn redis_keys(&self, pattern: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut found = Vec::new();
+        for mut node in self.redis_nodes().await? {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut node).await?;
+            for key in keys {
+                let ms: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut node).await?;
+                found.push((key, ms));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Whether the checker started the implementation's Redis (so it may stop it).
+    pub fn owns_redis(&mut self) -> bool {
+        self.cluster.is_some() || self.services.owned_redis().is_some()
+    }
+
+    /// Stop all of the implementation's Redis (every node of a cluster), as a crash would.
+    pub fn stop_redis(&mut self) {
+        match &mut self.cluster {
+            Some(cluster) => cluster.stop_all(),
+            None => self.services.owned_redis().map_or((), |r| r.stop()),
+        }
+    }
+
+    /// Start what [`Self::stop_redis`] stopped; empty, as after a real restart.
+    pub async fn restart_redis(&mut self) -> anyhow::Result<()> {
+        match &mut self.cluster {
+            Some(cluster) => cluster.restart_stopped().await,
+            None => match self.services.owned_redis() {
+                Some(redis) if !redis.is_running() => redis.restart().await,
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+/// `INFO section` of each of `nodes`, as `field → value summed over the nodes` (numbers only;
+/// `errorstat_CROSSSLOT:count=3` counts as `errorstat_CROSSSLOT` 3).
+pub async fn info_sum(
+    nodes: Vec<redis::aio::MultiplexedConnection>,
+    section: &str,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut sums = BTreeMap::new();
+    for mut node in nodes {
+        let info: String = redis::cmd("INFO").arg(section).query_async(&mut node).await?;
+        for (field, value) in info.lines().filter_map(|l| l.split_once(':')) {
+            if let Ok(value) = value.trim().trim_start_matches("count=").parse::<u64>() {
+                *sums.entry(field.to_owned()).or_default() += value;
+            }
+        }
+    }
+    Ok(sums)
+}
+
+/// A connection to each of `urls`.
+pub async fn connect_each(urls: &[String]) -> anyhow::Result<Vec<redis::aio::MultiplexedConnection>> {
+    let mut nodes = Vec::new();
+    for url in urls {
+        nodes.push(redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?);
+    }
+    Ok(nodes)
 }
 
 async fn round_trip_ms(url: &str) -> anyhow::Result<f64> {

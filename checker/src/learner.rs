@@ -91,8 +91,13 @@ pub fn hints(check: &str) -> &'static [&'static str] {
             "Keep the bucket in Redis, per user: tokens and the time of the last update. Refill by elapsed × rate (capped at the size) on every request, then take one.",
             "One Lua script does it atomically in one round trip: TIME, HMGET tokens/at, refill, take 1 if ≥ 1, HSET, PEXPIRE. Over the limit: 429, `Retry-After: <whole seconds ≥ 1>`, problem+json.",
         ],
-        "ratelimit.two_instances" => &[
-            "Two instances share one Redis. A limiter that counts in process memory gives each instance a bucket of its own.",
+        "cluster.failover" => &[
+            "A Redis Cluster master died and its replica took over. Meanwhile the cluster answers errors (CLUSTERDOWN, or a timeout), like a Redis outage: the feed must stay 200, and hits must come back on the promoted replica without a restart.",
+            "Treat every cluster error as a Redis error: the cache reads Postgres, the limiter follows RATE_LIMIT_ON_REDIS_ERROR. Use the redis crate's cluster client (it follows MOVED and refreshes its slot map), with the same per-call deadline as on one Redis.",
+            "Keys one command touches together must share a slot: put the part that ties them in braces, `feed:v2:{user:42}` and `feed:v2:{user:42}:lock:20`. docs/scale-out.md, \"Slots and hash tags\".",
+        ],
+        "ratelimit.across_instances" => &[
+            "Several instances share one Redis. A limiter that counts in process memory gives each instance a bucket of its own.",
             "Keep the bucket in Redis, keyed by the user id, so every instance charges the same one.",
         ],
         "ratelimit.isolation" => &[
@@ -445,7 +450,7 @@ mod tests {
     #[test]
     fn every_check_has_hints_from_a_nudge_to_the_fix() {
         let mut names = vec!["builds", "starts"];
-        names.extend(crate::checks::planned(StageId::Stage3));
+        names.extend(crate::checks::planned(StageId::Stage3, true));
         for name in names {
             assert!(!hints(name).is_empty(), "{name} has no hints");
         }

@@ -33,6 +33,7 @@ impl ServiceArgs {
             db_latency_ms: self.db_latency_ms,
             honour_env: true,
             ready_timeout: std::time::Duration::from_secs(self.ready_timeout_secs),
+            redis_cluster: false,
         }
     }
 }
@@ -100,6 +101,10 @@ enum Command {
         format: Format,
         #[arg(long, value_enum, default_value = "small")]
         profile: Profile,
+        /// `cluster`: three instances behind HAProxy on a Redis Cluster (3 masters, 3 replicas),
+        /// every check through the balancer, and a master killed mid-run (docs/scale-out.md).
+        #[arg(long, value_enum, default_value = "single")]
+        topology: Topology,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -188,6 +193,14 @@ enum Serve {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Topology {
+    /// The implementation's instances share one Redis.
+    Single,
+    /// Three instances behind HAProxy, on a Redis Cluster.
+    Cluster,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
@@ -231,7 +244,7 @@ async fn stop_signal() -> &'static str {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up { profile, serve, listen, instances, redis_cluster, services } => {
-            let topology = Topology { instances, redis_cluster };
+            let topology = Serving { instances, redis_cluster };
             up(profile, serve, listen, topology, services).await?
         }
         Command::Seed { profile, seed, database_url } => {
@@ -256,7 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 feed_core::auth::JwtKeys::new(&secret).mint(user, tier, std::time::Duration::from_secs(hours * 3600))
             );
         }
-        Command::Verify { stage, target, cmd, url, format, profile, services } => {
+        Command::Verify { stage, target, cmd, url, format, profile, topology, services } => {
             let target = match (cmd, url.is_empty()) {
                 (Some(cmd), _) => Target::Cmd(cmd),
                 (None, true) => Target::Implementation(target.unwrap_or(Implementation::reference(stage))),
@@ -269,13 +282,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                          (run `cargo kata up --serve none` and export what it prints), or use --cmd and let \
                          the checker start it"
                     );
+                    anyhow::ensure!(
+                        topology == Topology::Single,
+                        "--topology cluster starts the instances itself (behind HAProxy, on the checker's \
+                         Redis Cluster): use --target or --cmd, not --url"
+                    );
                     Target::Urls(url)
                 }
             };
             if format == Format::Text {
                 eprintln!("starting services and seeding the {} profile…", profile.name());
             }
-            let mut env = KataEnv::start(services.options(profile)).await?;
+            let cluster = topology == Topology::Cluster;
+            if cluster && format == Format::Text {
+                eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
+            }
+            let mut env = KataEnv::start(EnvOptions { redis_cluster: cluster, ..services.options(profile) }).await?;
             let report = checker::checks::verify(&mut env, stage, target).await?;
             match format {
                 Format::Text => print!("{}", report.to_text()),
@@ -384,7 +406,7 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
 }
 
 /// What `up` serves: how many instances, on one Redis or a cluster.
-struct Topology {
+struct Serving {
     instances: u8,
     redis_cluster: bool,
 }
@@ -393,21 +415,19 @@ async fn up(
     profile: Profile,
     serve: Serve,
     listen: std::net::SocketAddr,
-    topology: Topology,
+    topology: Serving,
     services: ServiceArgs,
 ) -> anyhow::Result<()> {
     eprintln!("starting PostgreSQL and Redis (or using DATABASE_URL / REDIS_URL) and seeding {}…", profile.name());
-    let env = KataEnv::start(services.options(profile)).await?;
+    if topology.redis_cluster {
+        eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
+    }
+    let options = EnvOptions { redis_cluster: topology.redis_cluster, ..services.options(profile) };
+    let env = KataEnv::start(options).await?;
     let s = &env.services;
-    let cluster = if topology.redis_cluster {
-        eprintln!("starting a Redis Cluster of 3 masters and 3 replicas…");
-        Some(kata_services::RedisCluster::start(3, 1).await?)
-    } else {
-        None
-    };
     println!("# services are up; in another shell:");
     println!("export DATABASE_URL={}   # psql and the checker: straight to Postgres", s.database_url);
-    match &cluster {
+    match &env.cluster {
         Some(cluster) => {
             // Not exported: the checker's and the load test's own commands honour REDIS_URL and
             // would talk to one node of the cluster as if it were all of Redis.
@@ -438,16 +458,13 @@ async fn up(
     match stage {
         Some(stage) => {
             feed_core::db::reset_to_core_schema(&env.admin).await?;
-            let nodes = cluster.as_ref().map(|c| c.nodes_csv());
-            let behind_balancer = topology.instances > 1 || cluster.is_some();
+            // The instances get the cluster's nodes from the environment (KataEnv::app_env).
+            let behind_balancer = topology.instances > 1 || env.cluster.is_some();
             for _ in 0..topology.instances {
                 let own_listen = listen.to_string();
                 let mut extra: Vec<(&str, &str)> = Vec::new();
                 if !behind_balancer {
                     extra.push(("LISTEN_ADDR", &own_listen));
-                }
-                if let Some(nodes) = &nodes {
-                    extra.push(("REDIS_CLUSTER_NODES", nodes));
                 }
                 let server =
                     env.spawn_with(stage, &extra).await.with_context(|| format!("starting {}", stage.name()))?;
@@ -459,6 +476,7 @@ async fn up(
                 let balancer = kata_services::Haproxy::start(Some(listen), &backends)
                     .await
                     .with_context(|| format!("starting HAProxy on {listen} (use --listen to pick another address)"))?;
+                balancer.wait_all_up(std::time::Duration::from_secs(10)).await?;
                 for (server, backend) in servers.iter().zip(balancer.backends().await?) {
                     println!("# {}: {} at {} ({})", backend.name, stage.name(), server.base_url, backend.status);
                 }

@@ -32,7 +32,7 @@ fn assert_failed_to_start(report: &Report, bar: StageId, evidence: &[&str]) {
     }
     let not_run: Vec<&str> =
         report.checks.iter().filter(|c| c.status == Status::NotRun).map(|c| c.name.as_str()).collect();
-    assert_eq!(not_run, checker::checks::planned(bar));
+    assert_eq!(not_run, checker::checks::planned(bar, false));
 }
 
 /// No process whose command line contains `marker` is left running.

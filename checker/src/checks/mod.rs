@@ -1,6 +1,7 @@
 //! `verify stage-N`: the checks of every stage up to N, against one target.
 
 mod cache;
+mod cluster;
 mod contract;
 mod queries;
 mod rate_limit;
@@ -24,15 +25,26 @@ pub struct Run<'a> {
     pub env: &'a mut KataEnv,
     pub bar: StageId,
     pub target: Target,
-    /// The first instance of the target (and the second, when there is one).
+    /// Where requests go: the first instance, or on a cluster topology the load balancer.
     pub api: Api,
+    /// The second instance, when there is one.
     pub second: Option<Api>,
+    /// Every instance, each reached directly (not through the balancer).
+    pub instances: Vec<Api>,
     pub users: Users,
     /// How the checker starts the target; `None` when somebody else runs it (`--url`).
     pub launch: Option<Launch>,
     /// The processes started for this run; they stop when the run ends.
-    _instances: Vec<AppProcess>,
+    _processes: Vec<AppProcess>,
+    /// The load balancer in front of them, on a cluster topology.
+    pub balancer: Option<kata_services::Haproxy>,
 }
+
+/// How long a check's measuring loop may read before it grades what it has: a target that makes
+/// every read wait a second must fail in a minute, not hold the checker for ten.
+pub const MEASURING_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+/// The same for the side-by-side timings reported beside the checks (not graded).
+pub const DIAGNOSIS_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Disjoint sets of seeded users, so one check's cache entries or token buckets never leak into
 /// another's measurement. Chosen by query, so the same data always gives the same users.
@@ -83,8 +95,9 @@ impl Users {
 }
 
 /// The checks of each bar, in the order `verify` runs them (before them: `builds` for a cargo
-/// target, `starts` for anything the checker starts).
-pub fn planned(bar: StageId) -> Vec<&'static str> {
+/// target, `starts` for anything the checker starts). On a Redis Cluster (`cluster`), the
+/// failover check runs too.
+pub fn planned(bar: StageId, cluster: bool) -> Vec<&'static str> {
     let mut names = vec!["feed.matches_oracle", "errors.problem_json", "posts.read_back", "queries_per_request"];
     if bar >= StageId::Stage1 {
         names.extend(["plan.uses_timeline_index", "feed.order_is_total", "equivalence.stage_0"]);
@@ -94,6 +107,9 @@ pub fn planned(bar: StageId) -> Vec<&'static str> {
     }
     if bar >= StageId::Stage3 {
         names.extend(rate_limit::CHECKS);
+    }
+    if cluster {
+        names.push(cluster::FAILOVER);
     }
     if bar >= StageId::Stage2 {
         names.push("redis_down");
@@ -108,8 +124,15 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
     report.environment.insert("db_latency_ms_per_direction".into(), env.services.db_latency_ms.into());
     report.environment.insert("db_round_trip_ms".into(), ((env.db_round_trip_ms * 100.0).round() / 100.0).into());
     report.environment.insert("profile".into(), env.options.profile.name().into());
+    let cluster = env.cluster.is_some();
+    if cluster {
+        report.invocation.push_str(" --topology cluster");
+        report
+            .environment
+            .insert("topology".into(), "3 instances, HAProxy, Redis Cluster of 3 masters + 3 replicas".into());
+    }
     let not_run = |report: &mut Report, why: &str| {
-        for name in planned(bar) {
+        for name in planned(bar, cluster) {
             report.push(Check::not_run(name, why));
         }
     };
@@ -141,22 +164,33 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
     };
     let users = Users::load(env).await?;
     env.flush_redis().await?;
-    let mut instances = Vec::new();
-    let (api, second) = match (&launch, &target) {
+    let mut processes = Vec::new();
+    let mut balancer = None;
+    let (api, instances) = match (&launch, &target) {
         (Some(launch), _) => {
             // Each implementation runs on the schema its own migrations give it, nothing left over.
             feed_core::db::reset_to_core_schema(&env.admin).await?;
             let started = std::time::Instant::now();
             // A second instance sharing the same Postgres and Redis from stage-2 on: what one
             // instance writes, the other must see (cache), and what one admits, the other must
-            // count (limiter). Its start must succeed too (migrations that run twice, say).
-            let wanted = if bar >= StageId::Stage2 { 2 } else { 1 };
+            // count (limiter). Its start must succeed too (migrations that run twice, say). On a
+            // cluster, three, behind a load balancer, as a team that scaled out runs them.
+            let wanted = if cluster {
+                3
+            } else if bar >= StageId::Stage2 {
+                2
+            } else {
+                1
+            };
             for n in 1..=wanted {
                 match env.start_app(launch, &[]).await {
-                    Ok(app) => instances.push(app),
+                    Ok(app) => processes.push(app),
                     Err(e) => {
-                        let which =
-                            if n == 1 { "it did not become ready" } else { "a second instance did not become ready" };
+                        let which = if n == 1 {
+                            "it did not become ready".to_owned()
+                        } else {
+                            format!("instance {n} of {wanted} did not become ready")
+                        };
                         report.push(
                             Check::new("starts", false, false, true, which)
                                 .evidence(format!("{e:#}"))
@@ -167,24 +201,36 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
                     }
                 }
             }
+            let instances: Vec<Api> = processes.iter().map(|app| Api::new(&app.base_url)).collect();
+            let api = if cluster {
+                let backends: Vec<String> =
+                    processes.iter().map(|app| app.base_url.trim_start_matches("http://").to_owned()).collect();
+                let proxy = kata_services::Haproxy::start(None, &backends).await?;
+                proxy.wait_all_up(std::time::Duration::from_secs(10)).await?;
+                let api = Api::new(&proxy.base_url());
+                balancer = Some(proxy);
+                api
+            } else {
+                instances[0].clone()
+            };
             report.push(Check::new(
                 "starts",
                 true,
                 true,
                 true,
                 format!(
-                    "{wanted} instance(s) ready (GET /ready 200) {:.1} s after start",
-                    started.elapsed().as_secs_f64()
+                    "{wanted} instance(s) ready (GET /ready 200) {:.1} s after start{}",
+                    started.elapsed().as_secs_f64(),
+                    if cluster { ", behind HAProxy (every backend UP)" } else { "" }
                 ),
             ));
-            let api = Api::new(&instances[0].base_url);
-            let second = instances.get(1).map(|app| Api::new(&app.base_url));
-            (api, second)
+            (api, instances)
         }
-        (None, Target::Urls(urls)) => (Api::new(&urls[0]), urls.get(1).map(|u| Api::new(u))),
+        (None, Target::Urls(urls)) => (Api::new(&urls[0]), urls.iter().map(|u| Api::new(u)).collect()),
         (None, _) => unreachable!("every target but --url has a launch"),
     };
-    let mut run = Run { env, bar, target, api, second, users, launch, _instances: instances };
+    let second = instances.get(1).cloned();
+    let mut run = Run { env, bar, target, api, second, instances, users, launch, _processes: processes, balancer };
 
     contract::run(&mut run, &mut report).await;
     queries::run(&mut run, &mut report).await;
@@ -196,6 +242,11 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
     }
     if bar >= StageId::Stage3 {
         rate_limit::run(&mut run, &mut report).await;
+    }
+    if cluster {
+        // It kills a master; the checks after it run on the promoted replica.
+        let check = cluster::failover(&mut run, &mut report).await;
+        report.push(check);
     }
     if bar >= StageId::Stage2 {
         // Near the end: it stops and restarts Redis.
@@ -238,15 +289,18 @@ impl Run<'_> {
         Ok(serde_json::to_value(Feed { user_id, items })?)
     }
 
-    /// Counters from the target's `/metrics` (empty when it has none).
+    /// Counters from every instance's `/metrics`, added up (empty when it has none). Each
+    /// instance is asked directly: through a balancer, one scrape would see one instance.
     pub async fn service_counters(&self) -> BTreeMap<String, f64> {
-        let Ok(reply) = self.api.send(self.api.get("/metrics")).await else { return BTreeMap::new() };
         let mut counters = BTreeMap::new();
-        for line in reply.text().lines().filter(|l| !l.starts_with('#')) {
-            if let Some((name, value)) = line.rsplit_once(' ') {
-                let name = name.split('{').next().unwrap_or(name);
-                if let Ok(value) = value.parse::<f64>() {
-                    *counters.entry(name.to_owned()).or_default() += value;
+        for api in &self.instances {
+            let Ok(reply) = api.send(api.get("/metrics")).await else { continue };
+            for line in reply.text().lines().filter(|l| !l.starts_with('#')) {
+                if let Some((name, value)) = line.rsplit_once(' ') {
+                    let name = name.split('{').next().unwrap_or(name);
+                    if let Ok(value) = value.parse::<f64>() {
+                        *counters.entry(name.to_owned()).or_default() += value;
+                    }
                 }
             }
         }

@@ -1,0 +1,182 @@
+//! The scale-out topology's own check (`verify --topology cluster`): a Redis Cluster master dies
+//! while the feed is being read through the load balancer.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use feed_core::auth::Tier;
+use serde_json::json;
+
+use super::Run;
+use crate::env::{connect_each, info_sum};
+use crate::report::{Check, Report};
+
+pub const FAILOVER: &str = "cluster.failover";
+const DOC: &str = "docs/scale-out.md";
+
+/// How long the cluster may take to promote a replica (its node timeout is 2 s).
+const PROMOTION_LIMIT: Duration = Duration::from_secs(20);
+/// How long after the promotion cache hits may take to come back.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+
+/// What one request saw during the run.
+struct Seen {
+    free_tier: bool,
+    /// 0: no answer at all.
+    status: u16,
+    ms: f64,
+}
+
+pub async fn failover(run: &mut Run<'_>, report: &mut Report) -> Check {
+    measure(run, report).await.unwrap_or_else(|e| Check::errored(FAILOVER, &e))
+}
+
+/// Warm the feeds of some users, kill the master serving their cache hits (SIGKILL), and read
+/// through the balancer all along: exempt feed reads (the cache's side) and free-tier reads (the
+/// limiter's side, at a pace that never empties a bucket). Every answer must be 200: the cache
+/// bypasses to Postgres while a slot has no master, the limiter fails open (the default
+/// `RATE_LIMIT_ON_REDIS_ERROR`). Then cache hits must come back without a restart.
+async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    let users = run.users.full(185, 12).to_vec();
+    let internal: Vec<String> = users.iter().map(|&u| run.token(u)).collect();
+    let free: Vec<String> = users.iter().map(|&u| run.env.token(u, Tier::Free)).collect();
+    let api = run.api.clone();
+    run.env.flush_redis().await?;
+    for token in internal.iter().chain(&free) {
+        api.feed(token, "").await?;
+    }
+    let cluster = run.env.cluster.as_mut().ok_or_else(|| anyhow::anyhow!("no Redis Cluster in this run"))?;
+    let masters_before = cluster.masters().await?;
+    // The victim: the master where the warm feeds' cache hits happen (read them again and see
+    // whose hits grow), whatever the implementation names its keys; its keys are in play.
+    let node_url = |port: u16| format!("redis://127.0.0.1:{port}/");
+    let hits = |ports: Vec<u16>| async move {
+        let urls: Vec<String> = ports.into_iter().map(node_url).collect();
+        let stats = info_sum(connect_each(&urls).await?, "stats").await?;
+        anyhow::Ok(stats.get("keyspace_hits").copied().unwrap_or(0))
+    };
+    let mut before = Vec::new();
+    for &port in &masters_before {
+        before.push(hits(vec![port]).await?);
+    }
+    for token in &internal {
+        api.feed(token, "").await?;
+    }
+    let mut victim = (masters_before[0], 0);
+    for (&port, was) in masters_before.iter().zip(before) {
+        let grew = hits(vec![port]).await? - was;
+        if grew > victim.1 {
+            victim = (port, grew);
+        }
+    }
+
+    let stop = AtomicBool::new(false);
+    let reader = async {
+        let mut seen = Vec::new();
+        let mut step = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            // Two exempt reads each step; a free-tier read every fifth step, each free user in
+            // turn: about one a second per user, inside any bucket's refill.
+            let mut requests =
+                vec![(false, &internal[step % users.len()]), (false, &internal[(step + 1) % users.len()])];
+            if step.is_multiple_of(5) {
+                requests.push((true, &free[step / 5 % users.len()]));
+            }
+            let replies = futures::future::join_all(requests.iter().map(|&(free_tier, token)| {
+                let api = &api;
+                async move {
+                    let started = Instant::now();
+                    let status = api.feed(token, "").await.map_or(0, |r| r.status);
+                    Seen { free_tier, status, ms: started.elapsed().as_secs_f64() * 1000.0 }
+                }
+            }))
+            .await;
+            seen.extend(replies);
+            step += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        seen
+    };
+    let killer = async {
+        // Reads before the kill too, so the run shows the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.kill(victim.0);
+        let killed = Instant::now();
+        let promoted = cluster.wait_for_failover(victim.0, masters_before.len(), PROMOTION_LIMIT).await;
+        // Cache hits again: on the promoted replica, which served no reads until now.
+        let mut resumed = None;
+        if promoted.is_ok() {
+            let promoted_to: Vec<u16> =
+                cluster.masters().await?.into_iter().filter(|p| !masters_before.contains(p)).collect();
+            let deadline = Instant::now() + RECOVERY_LIMIT;
+            let before = hits(promoted_to.clone()).await?;
+            while Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if hits(promoted_to.clone()).await? > before {
+                    resumed = Some(killed.elapsed());
+                    break;
+                }
+            }
+        }
+        // A second of reads after that, to see them settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop.store(true, Ordering::Relaxed);
+        anyhow::Ok((promoted, resumed, cluster.masters().await?))
+    };
+    let (seen, outcome) = tokio::join!(reader, killer);
+    let (promoted, resumed, masters_after) = outcome?;
+
+    let statuses = |free_tier: bool| {
+        let mut counts = BTreeMap::<u16, usize>::new();
+        for s in seen.iter().filter(|s| s.free_tier == free_tier) {
+            *counts.entry(s.status).or_default() += 1;
+        }
+        counts
+    };
+    let (feed_statuses, free_statuses) = (statuses(false), statuses(true));
+    let all_200 = |counts: &BTreeMap<u16, usize>| !counts.is_empty() && counts.keys().all(|&s| s == 200);
+    let slowest = seen.iter().map(|s| s.ms).fold(0.0, f64::max);
+    let promoted_ms = promoted.as_ref().ok().map(|d| d.as_millis() as u64);
+    let resumed_ms = resumed.map(|d| d.as_millis() as u64);
+    report.metric("failover_promoted_ms", promoted_ms);
+    report.metric("failover_hits_resumed_ms", resumed_ms);
+    report.metric("failover_slowest_request_ms", slowest.round());
+    let promoted_to: Vec<u16> = masters_after.iter().filter(|p| !masters_before.contains(p)).copied().collect();
+    let show = |counts: &BTreeMap<u16, usize>| {
+        counts
+            .iter()
+            .map(|(s, n)| if *s == 0 { format!("no answer ×{n}") } else { format!("{s} ×{n}") })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let passed = promoted.is_ok() && resumed.is_some() && all_200(&feed_statuses) && all_200(&free_statuses);
+    let summary = match &promoted {
+        Err(e) => format!("master :{} killed: {e:#}", victim.0),
+        Ok(took) => format!(
+            "master :{} killed mid-run: replica :{} promoted after {} ms; feed reads {}; free-tier reads {}; {}; slowest request {slowest:.0} ms",
+            victim.0,
+            promoted_to.first().map_or("?".into(), u16::to_string),
+            took.as_millis(),
+            show(&feed_statuses),
+            show(&free_statuses),
+            match resumed {
+                Some(at) => format!("cache hits again {} ms after the kill", at.as_millis()),
+                None => format!("no cache hit on the promoted replica within {} s", RECOVERY_LIMIT.as_secs()),
+            },
+        ),
+    };
+    Ok(Check::new(
+        FAILOVER,
+        passed,
+        json!({ "promoted_ms": promoted_ms, "hits_resumed_ms": resumed_ms, "feed_statuses": feed_statuses, "free_tier_statuses": free_statuses }),
+        json!({ "promoted_ms": format!("<= {}", PROMOTION_LIMIT.as_millis()), "hits_resumed": true, "feed_statuses": "200 only", "free_tier_statuses": "200 only (RATE_LIMIT_ON_REDIS_ERROR=open)" }),
+        summary,
+    )
+    .evidence(format!(
+        "masters before {masters_before:?}, after {masters_after:?}; the killed one had the most cache hits on a warm read ({}); {} requests through the balancer",
+        victim.1,
+        seen.len()
+    ))
+    .on_failure(DOC))
+}
