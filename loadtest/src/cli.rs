@@ -57,6 +57,14 @@ pub struct RunArgs {
     /// starting one. Statements are then counted only when DATABASE_URL points at its database.
     #[arg(long)]
     pub url: Option<String>,
+    /// Start this many instances of the target behind HAProxy (round-robin) and load them
+    /// through it; the summary adds requests per instance and commands per Redis master.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8), conflicts_with = "url")]
+    pub instances: u8,
+    /// Give the instances a Redis Cluster (3 masters, 3 replicas) instead of one Redis; they sit
+    /// behind HAProxy even when there is one. See docs/scale-out.md.
+    #[arg(long, conflicts_with = "url")]
+    pub redis_cluster: bool,
     /// Write Goose's report to FILE; the extension picks the format: .html, .json or .md.
     /// Repeatable.
     #[arg(long, value_name = "FILE")]

@@ -179,24 +179,26 @@ pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
 }
 
 /// Start a target from `bin_dir` against `env` as its own process (the same way the checker
-/// starts an implementation), on the schema its own migrations give it, and wait until ready.
-/// It stops when dropped; on failure the error shows its last output.
+/// starts an implementation), with `extra` settings, on the schema its own migrations give it,
+/// and wait until ready. It stops when dropped; on failure the error shows its last output.
 pub async fn start_target(
     bin_dir: &Path,
     target: Target,
     env: &Environment,
     jwt_secret: &str,
+    extra: &[(String, String)],
 ) -> anyhow::Result<AppProcess> {
     // Each stage runs on the schema its own migrations give it (stage-0: no timeline index).
     let db = PgPoolOptions::new().max_connections(1).connect(&env.services.database_url).await?;
     feed_core::db::reset_to_core_schema(&db).await?;
     db.close().await;
-    let settings = [
+    let mut settings = vec![
         // Through the latency proxy: the service must pay for every round trip it makes.
         ("DATABASE_URL".to_owned(), env.services.service_database_url.clone()),
         ("REDIS_URL".to_owned(), env.services.redis_url.clone()),
         ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
     ];
+    settings.extend(extra.iter().cloned());
     let process = AppProcess::start(&Launch::Program(bin_dir.join(target.package())), &settings, READY_TIMEOUT)
         .await
         .with_context(|| format!("starting {target}"))?;

@@ -15,6 +15,7 @@ mod probes;
 mod progress;
 mod report;
 mod run;
+mod scale_out;
 mod target;
 
 use std::process::ExitCode;

@@ -62,23 +62,28 @@ impl Probes {
         Ok(Self { db, http })
     }
 
-    /// The counters now, of the database and of the service at `base_url`.
-    pub async fn snapshot(&self, base_url: &str) -> anyhow::Result<Snapshot> {
+    /// The counters now, of the database and of the service's instances at `instance_urls`
+    /// (added up: each is asked directly, since through a balancer a scrape sees one of them).
+    pub async fn snapshot(&self, instance_urls: &[String]) -> anyhow::Result<Snapshot> {
         let statements = match &self.db {
             Some(db) => Some(sqlx::query_scalar(STATEMENTS).fetch_one(db).await?),
             None => None,
         };
-        // A counter appears with its first increment: absent means none yet.
-        let cache = scrape(&self.http, base_url).await.map(|text| CacheCounts {
-            hits: value(&text, "cache_hits_total").unwrap_or(0.0),
-            misses: value(&text, "cache_misses_total").unwrap_or(0.0),
-        });
+        let mut cache: Option<CacheCounts> = None;
+        for url in instance_urls {
+            // A counter appears with its first increment: absent means none yet.
+            if let Some(text) = scrape(&self.http, url).await {
+                let counts = cache.get_or_insert(CacheCounts { hits: 0.0, misses: 0.0 });
+                counts.hits += value(&text, "cache_hits_total").unwrap_or(0.0);
+                counts.misses += value(&text, "cache_misses_total").unwrap_or(0.0);
+            }
+        }
         Ok(Snapshot { statements, cache })
     }
 
-    /// Start reading the pool gauges of the service at `base_url`.
-    pub fn sample_pool(&self, base_url: &str) -> PoolSampler {
-        PoolSampler::start(self.http.clone(), base_url.to_string())
+    /// Start reading the pool gauges of the instances at `instance_urls` (added up).
+    pub fn sample_pool(&self, instance_urls: &[String]) -> PoolSampler {
+        PoolSampler::start(self.http.clone(), instance_urls.to_vec())
     }
 }
 
@@ -113,7 +118,7 @@ pub struct PoolSampler {
 }
 
 impl PoolSampler {
-    fn start(http: reqwest::Client, base_url: String) -> Self {
+    fn start(http: reqwest::Client, instance_urls: Vec<String>) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(SAMPLE_EVERY);
@@ -121,7 +126,17 @@ impl PoolSampler {
             loop {
                 tokio::select! {
                     _ = &mut stopped => break,
-                    _ = ticker.tick() => samples.extend(pool_gauges(&http, &base_url).await),
+                    _ = ticker.tick() => {
+                        // Every instance's pool at this tick, as one pool of their sizes' sum.
+                        let mut sum: Option<(f64, f64)> = None;
+                        for url in &instance_urls {
+                            if let Some((active, max)) = pool_gauges(&http, url).await {
+                                let total = sum.get_or_insert((0.0, 0.0));
+                                *total = (total.0 + active, total.1 + max);
+                            }
+                        }
+                        samples.extend(sum);
+                    }
                 }
             }
             summarise(&samples)

@@ -45,6 +45,9 @@ pub struct Row {
     pub thresholds: Vec<ThresholdResult>,
     /// Goose's HTML report of this run, when one was written.
     pub report: Option<String>,
+    /// Behind a balancer (`--instances`, `--redis-cluster`): how the load spread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spread: Option<crate::scale_out::Spread>,
 }
 
 impl Row {
@@ -89,6 +92,7 @@ impl Row {
             gate_passed: outcome.passed,
             thresholds: metrics.thresholds.clone(),
             report: None,
+            spread: None,
         })
     }
 
@@ -244,6 +248,17 @@ pub fn narrow(provenance: &Provenance, rows: &[Row], capacities: &Capacities, ga
     if !rows.is_empty() {
         table(&mut out, rows);
     }
+    for row in rows {
+        if let Some(spread) = &row.spread {
+            let _ = writeln!(out, "\n{} through HAProxy:", row.label());
+            let _ = writeln!(out, "  requests per instance: {}", crate::scale_out::Spread::shares(&spread.instances));
+            let _ = writeln!(
+                out,
+                "  commands per Redis master: {}",
+                crate::scale_out::Spread::shares(&spread.redis_masters)
+            );
+        }
+    }
     if let Some(health) = &capacities.health {
         let _ = writeln!(
             out,
@@ -376,6 +391,7 @@ pub(crate) mod tests {
                 threshold("error-rate<1% for GET /api/feed", errors < 1.0, &format!("{errors}%")),
             ],
             report: Some("stage-0-200.html".into()),
+            spread: None,
         }
     }
 

@@ -11,6 +11,7 @@ use crate::load::{Endpoint, Plan};
 use crate::probes::Probes;
 use crate::progress::say;
 use crate::report::{self, Capacities, Provenance, Row};
+use crate::scale_out::{ScaleOut, Spread};
 use crate::target::Target;
 
 /// One row of the matrix: what runs, at how many users, with or without the abuser.
@@ -49,14 +50,28 @@ pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
             let database_url = std::env::var("DATABASE_URL").ok().filter(|url| !url.is_empty());
             let probes = Probes::connect(database_url.as_deref()).await?;
             let base_url = url.trim_end_matches('/');
-            measure(spec, base_url, &probes, &args.common, args.report_file).await?
+            measure(spec, base_url, &[base_url.to_owned()], &probes, &args.common, args.report_file).await?
+        }
+        None if args.instances > 1 || args.redis_cluster => {
+            let bin_dir = build_targets(&[target])?;
+            let env = Environment::start(args.common.db_latency_ms).await?;
+            let probes = Probes::connect(Some(&env.services.database_url)).await?;
+            let topology =
+                ScaleOut::start(&bin_dir, target, &env, &args.common.jwt_secret, args.instances, args.redis_cluster)
+                    .await?;
+            let before = topology.counters().await?;
+            let urls = topology.instance_urls();
+            let mut row = measure(spec, &topology.base_url(), &urls, &probes, &args.common, args.report_file).await?;
+            row.spread = Some(Spread::between(&before, &topology.counters().await?));
+            row
         }
         None => {
             let bin_dir = build_targets(&[target])?;
             let env = Environment::start(args.common.db_latency_ms).await?;
             let probes = Probes::connect(Some(&env.services.database_url)).await?;
-            let service = start_target(&bin_dir, target, &env, &args.common.jwt_secret).await?;
-            let row = measure(spec, &service.base_url, &probes, &args.common, args.report_file).await;
+            let service = start_target(&bin_dir, target, &env, &args.common.jwt_secret, &[]).await?;
+            let urls = [service.base_url.clone()];
+            let row = measure(spec, &service.base_url, &urls, &probes, &args.common, args.report_file).await;
             drop(service);
             row?
         }
@@ -100,8 +115,9 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
         let html = format!("{name}.html");
         let report_files =
             [html.clone(), format!("{name}.md")].iter().map(|f| out_dir.join(f).display().to_string()).collect();
-        let service = start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret).await?;
-        let row = measure(*spec, &service.base_url, &probes, &args.common, report_files).await;
+        let service = start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret, &[]).await?;
+        let urls = [service.base_url.clone()];
+        let row = measure(*spec, &service.base_url, &urls, &probes, &args.common, report_files).await;
         drop(service);
         let mut row = row?;
         row.report = Some(html);
@@ -112,7 +128,7 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     if !args.no_capacity {
         for target in &targets {
             say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
-            let service = start_target(&bin_dir, *target, &env, &args.common.jwt_secret).await?;
+            let service = start_target(&bin_dir, *target, &env, &args.common.jwt_secret, &[]).await?;
             if capacities.health.is_none() {
                 let health = capacity::search(
                     "GET /health",
@@ -174,7 +190,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
         None => {
             let bin_dir = build_targets(&[args.stage])?;
             let started = Environment::start(args.common.db_latency_ms).await?;
-            let process = start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret).await?;
+            let process = start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret, &[]).await?;
             let url = process.base_url.clone();
             env = Some(started);
             service = Some(process);
@@ -194,10 +210,12 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Drive `base_url` with Goose while reading the counters Goose cannot see.
+/// Drive `base_url` with Goose while reading the counters Goose cannot see (the service's own
+/// from each of `instance_urls`).
 async fn measure(
     spec: Spec,
     base_url: &str,
+    instance_urls: &[String],
     probes: &Probes,
     common: &Common,
     report_files: Vec<String>,
@@ -218,11 +236,11 @@ async fn measure(
         goose_output: common.goose_output,
         label: format!("{} @ {}", spec.target, spec.users),
     };
-    let before = probes.snapshot(base_url).await?;
-    let sampler = probes.sample_pool(base_url);
+    let before = probes.snapshot(instance_urls).await?;
+    let sampler = probes.sample_pool(instance_urls);
     let outcome = crate::load::run(&plan).await?;
     let pool = sampler.finish().await;
-    let after = probes.snapshot(base_url).await?;
+    let after = probes.snapshot(instance_urls).await?;
     Row::new(spec.target, spec.users, &outcome, &before, &after, pool)
 }
 
