@@ -139,11 +139,11 @@ impl RedisCluster {
 
     /// The port of the master that serves `key` now (`CLUSTER KEYSLOT`, then `CLUSTER SLOTS`).
     pub async fn owner_of(&self, key: &str) -> anyhow::Result<u16> {
-        let slot: i64 = self.query_any(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key)).await?.parse()?;
         let port = self.nodes.iter().find(|n| n.child.is_some()).map(|n| n.port).context("no node is running")?;
         let client = redis::Client::open(node_url(port))?;
         let mut conn =
             tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await??;
+        let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut conn).await?;
         let slots: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut conn).await?;
         slot_owner(&slots, slot).with_context(|| format!("no master serves slot {slot} (of key {key})"))
     }

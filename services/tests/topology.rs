@@ -53,7 +53,7 @@ async fn a_killed_master_is_replaced_by_its_replica() {
 async fn haproxy_spreads_requests_and_skips_a_dead_instance() {
     // Two tiny HTTP servers answering /ready, standing in for instances of the service.
     let (a, a_addr) = ready_server().await;
-    let (_b, b_addr) = ready_server().await;
+    let (b, b_addr) = ready_server().await;
     let proxy = Haproxy::start(None, &[a_addr, b_addr]).await.expect("haproxy starts");
     // Wait until both are UP, then send 10 requests: round robin gives 5 each.
     wait_until(&proxy, |b| b.iter().all(|b| b.status == "UP")).await;
@@ -63,6 +63,13 @@ async fn haproxy_spreads_requests_and_skips_a_dead_instance() {
     a.abort();
     wait_until(&proxy, |b| b.iter().any(|b| b.status.starts_with("DOWN"))).await;
     assert_eq!(spread(&proxy, 10).await, [0, 10], "nothing to the dead instance");
+
+    // No healthy backend at all: the balancer answers 503 at once, never hangs.
+    b.abort();
+    wait_until(&proxy, |b| b.iter().all(|b| b.status.starts_with("DOWN"))).await;
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let reply = http.get(format!("{}/api/feed", proxy.base_url())).send().await.expect("an answer, not a hang");
+    assert_eq!(reply.status(), 503);
 }
 
 /// Up to 5 s for the balancer's view of its backends to satisfy `done`.
