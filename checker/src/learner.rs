@@ -94,7 +94,6 @@ pub fn hints(check: &str) -> &'static [&'static str] {
         "cluster.failover" => &[
             "A Redis Cluster master died and its replica took over. Meanwhile the cluster answers errors (CLUSTERDOWN, or a timeout), like a Redis outage: the feed must stay 200, and hits must come back on the promoted replica without a restart.",
             "Treat every cluster error as a Redis error: the cache reads Postgres, the limiter follows RATE_LIMIT_ON_REDIS_ERROR. Use the redis crate's cluster client (it follows MOVED and refreshes its slot map), with the same per-call deadline as on one Redis.",
-            "Keys one command touches together must share a slot: put the part that ties them in braces, `feed:v2:{user:42}` and `feed:v2:{user:42}:lock:20`. docs/scale-out.md, \"Slots and hash tags\".",
         ],
         "ratelimit.across_instances" => &[
             "Several instances share one Redis. A limiter that counts in process memory gives each instance a bucket of its own.",

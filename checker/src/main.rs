@@ -101,8 +101,9 @@ enum Command {
         format: Format,
         #[arg(long, value_enum, default_value = "small")]
         profile: Profile,
-        /// `cluster`: three instances behind HAProxy on a Redis Cluster (3 masters, 3 replicas),
-        /// every check through the balancer, and a master killed mid-run (docs/scale-out.md).
+        /// `cluster` (stage-2 and stage-3): three instances behind HAProxy on a Redis Cluster (3
+        /// masters, 3 replicas), every check through the balancer, and a master killed mid-run
+        /// (docs/scale-out.md).
         #[arg(long, value_enum, default_value = "single")]
         topology: Topology,
         #[command(flatten)]
@@ -294,6 +295,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("starting services and seeding the {} profile…", profile.name());
             }
             let cluster = topology == Topology::Cluster;
+            anyhow::ensure!(
+                !cluster || stage >= StageId::Stage2,
+                "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
+                 use it with stage-2 or stage-3"
+            );
             if cluster && format == Format::Text {
                 eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
             }

@@ -58,7 +58,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub url: Option<String>,
     /// Start this many instances of the target behind HAProxy (round-robin) and load them
-    /// through it; the summary adds requests per instance and commands per Redis master.
+    /// through it; the summary adds requests per instance and commands per Redis node.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8), conflicts_with = "url")]
     pub instances: u8,
     /// Give the instances a Redis Cluster (3 masters, 3 replicas) instead of one Redis; they sit

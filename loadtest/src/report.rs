@@ -252,11 +252,8 @@ pub fn narrow(provenance: &Provenance, rows: &[Row], capacities: &Capacities, ga
         if let Some(spread) = &row.spread {
             let _ = writeln!(out, "\n{} through HAProxy:", row.label());
             let _ = writeln!(out, "  requests per instance: {}", crate::scale_out::Spread::shares(&spread.instances));
-            let _ = writeln!(
-                out,
-                "  commands per Redis master: {}",
-                crate::scale_out::Spread::shares(&spread.redis_masters)
-            );
+            let _ =
+                writeln!(out, "  commands per Redis node: {}", crate::scale_out::Spread::shares(&spread.redis_nodes));
         }
     }
     if let Some(health) = &capacities.health {

@@ -1,6 +1,6 @@
 //! `--instances N --redis-cluster`: the target as several instances behind HAProxy, on the one
 //! Redis or on a Redis Cluster of 3 masters and 3 replicas, and how a run's load spread over
-//! them: requests per instance (HAProxy's own statistics) and commands per Redis master.
+//! them: requests per instance (HAProxy's own statistics) and commands per Redis node.
 
 use std::path::Path;
 
@@ -19,17 +19,18 @@ pub struct ScaleOut {
     redis_url: String,
 }
 
-/// How one run spread: each instance's requests and each Redis master's commands.
+/// How one run spread: each instance's requests and each Redis node's commands (a replica's
+/// are the writes it applied from its master).
 #[derive(Debug, Clone, Serialize)]
 pub struct Spread {
     pub instances: Vec<(String, u64)>,
-    pub redis_masters: Vec<(String, u64)>,
+    pub redis_nodes: Vec<(String, u64)>,
 }
 
 /// Counters read at one moment; a run's [`Spread`] is the difference of two.
 pub struct Counters {
     instances: Vec<(String, u64)>,
-    redis_masters: Vec<(String, u64)>,
+    redis_nodes: Vec<(String, u64)>,
 }
 
 impl ScaleOut {
@@ -47,8 +48,15 @@ impl ScaleOut {
         } else {
             None
         };
+        // As the checker gives them (KataEnv::app_env): REDIS_URL is a node of the cluster too,
+        // so an implementation that ignores REDIS_CLUSTER_NODES is not quietly given a Redis of
+        // its own, and its commands per node say so.
         let extra: Vec<(String, String)> = match &cluster {
-            Some(cluster) => vec![("REDIS_CLUSTER_NODES".into(), cluster.nodes_csv())],
+            Some(cluster) => {
+                let nodes = cluster.nodes_csv();
+                let first = nodes.split(',').next().unwrap_or_default().to_owned();
+                vec![("REDIS_URL".into(), first), ("REDIS_CLUSTER_NODES".into(), nodes)]
+            }
             None => Vec::new(),
         };
         let mut processes = Vec::new();
@@ -75,11 +83,13 @@ impl ScaleOut {
 
     pub async fn counters(&self) -> anyhow::Result<Counters> {
         let instances = self.balancer.backends().await?.into_iter().map(|b| (b.name, b.requests)).collect();
-        let urls = match &self.cluster {
-            Some(cluster) => cluster.master_urls().await?,
-            None => vec![self.redis_url.clone()],
+        let (urls, masters) = match &self.cluster {
+            Some(cluster) => {
+                (cluster.nodes_csv().split(',').map(str::to_owned).collect(), cluster.master_urls().await?)
+            }
+            None => (vec![self.redis_url.clone()], vec![self.redis_url.clone()]),
         };
-        let mut redis_masters = Vec::new();
+        let mut redis_nodes = Vec::new();
         for url in urls {
             let mut node = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
             let info: String = redis::cmd("INFO").arg("stats").query_async(&mut node).await?;
@@ -87,10 +97,11 @@ impl ScaleOut {
                 .lines()
                 .find_map(|l| l.strip_prefix("total_commands_processed:")?.trim().parse().ok())
                 .unwrap_or(0);
-            let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
-            redis_masters.push((address, commands));
+            let role = if masters.contains(&url) { "master" } else { "replica" };
+            let address = url.trim_start_matches("redis://").trim_end_matches('/');
+            redis_nodes.push((format!("{address} ({role})"), commands));
         }
-        Ok(Counters { instances, redis_masters })
+        Ok(Counters { instances, redis_nodes })
     }
 }
 
@@ -107,7 +118,7 @@ impl Spread {
         };
         Self {
             instances: delta(&before.instances, &after.instances),
-            redis_masters: delta(&before.redis_masters, &after.redis_masters),
+            redis_nodes: delta(&before.redis_nodes, &after.redis_nodes),
         }
     }
 
@@ -132,8 +143,8 @@ mod tests {
     #[test]
     fn a_spread_is_the_difference_per_name_with_shares() {
         let named = |v: &[(&str, u64)]| v.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect::<Vec<_>>();
-        let before = Counters { instances: named(&[("instance-1", 10), ("instance-2", 12)]), redis_masters: vec![] };
-        let after = Counters { instances: named(&[("instance-1", 40), ("instance-2", 42)]), redis_masters: vec![] };
+        let before = Counters { instances: named(&[("instance-1", 10), ("instance-2", 12)]), redis_nodes: vec![] };
+        let after = Counters { instances: named(&[("instance-1", 40), ("instance-2", 42)]), redis_nodes: vec![] };
         let spread = Spread::between(&before, &after);
         assert_eq!(spread.instances, named(&[("instance-1", 30), ("instance-2", 30)]));
         assert_eq!(Spread::shares(&spread.instances), "instance-1 30 (50.0 %), instance-2 30 (50.0 %)");

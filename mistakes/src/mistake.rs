@@ -94,8 +94,9 @@ pub enum Mistake {
     KeyWithoutUser,
     /// The cache's keys without a hash tag (`feed:v1:user:42` and `feed:v1:user:42:lock`), in
     /// front of the reference limiter. On one Redis nothing is wrong. On a Redis Cluster the two
-    /// keys hash to different slots, so the fill script, which touches both, and the DEL on a
-    /// post are refused with CROSSSLOT: nothing is ever cached. Graded with `--topology cluster`.
+    /// keys hash to different slots, so the fill script, which touches both, is refused with
+    /// CROSSSLOT: nothing is ever cached. (The DEL on a post still works: the cluster client
+    /// splits it per slot.) Graded with `--topology cluster`.
     #[value(help = "cache keys without a hash tag: on a Redis Cluster every fill is refused (CROSSSLOT)")]
     KeysWithoutHashTags,
 

@@ -17,7 +17,7 @@ pub use app_process::{AppProcess, Launch, StartFailure};
 pub use haproxy::{Backend, Haproxy};
 pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
-pub use redis_cluster::RedisCluster;
+pub use redis_cluster::{RedisCluster, node_url};
 pub use redis_server::RedisServer;
 
 use anyhow::Context as _;

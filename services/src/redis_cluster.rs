@@ -252,7 +252,8 @@ fn slot_owner(slots: &redis::Value, slot: i64) -> Option<u16> {
     })
 }
 
-fn node_url(port: u16) -> String {
+/// The `redis://` URL of the node on `port` (a node of a cluster started here).
+pub fn node_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
 

@@ -25,6 +25,7 @@ struct Seen {
     free_tier: bool,
     /// 0: no answer at all.
     status: u16,
+    at: Instant,
     ms: f64,
 }
 
@@ -33,10 +34,11 @@ pub async fn failover(run: &mut Run<'_>, report: &mut Report) -> Check {
 }
 
 /// Warm the feeds of some users, kill the master serving their cache hits (SIGKILL), and read
-/// through the balancer all along: exempt feed reads (the cache's side) and free-tier reads (the
-/// limiter's side, at a pace that never empties a bucket). Every answer must be 200: the cache
-/// bypasses to Postgres while a slot has no master, the limiter fails open (the default
-/// `RATE_LIMIT_ON_REDIS_ERROR`). Then cache hits must come back without a restart.
+/// through the balancer all along: exempt feed reads (the cache's side) and, until a replica is
+/// promoted, free-tier reads (the limiter's side, at a pace that never empties a bucket). Every
+/// answer must be 200: the cache bypasses to Postgres while a slot has no master, the limiter
+/// fails open (the default `RATE_LIMIT_ON_REDIS_ERROR`). Then cache hits must come back on the
+/// promoted replica without a restart.
 async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
     let users = run.users.full(185, 12).to_vec();
     let internal: Vec<String> = users.iter().map(|&u| run.token(u)).collect();
@@ -48,14 +50,15 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     }
     let cluster = run.env.cluster.as_mut().ok_or_else(|| anyhow::anyhow!("no Redis Cluster in this run"))?;
     let masters_before = cluster.masters().await?;
-    // The victim: the master where the warm feeds' cache hits happen (read them again and see
-    // whose hits grow), whatever the implementation names its keys; its keys are in play.
-    let node_url = |port: u16| format!("redis://127.0.0.1:{port}/");
+    // `keyspace_hits` of the nodes on `ports`, added up.
     let hits = |ports: Vec<u16>| async move {
-        let urls: Vec<String> = ports.into_iter().map(node_url).collect();
+        let urls: Vec<String> = ports.into_iter().map(kata_services::node_url).collect();
         let stats = info_sum(connect_each(&urls).await?, "stats").await?;
         anyhow::Ok(stats.get("keyspace_hits").copied().unwrap_or(0))
     };
+    // The victim: the master where the warm feeds' cache hits happen (read them again with
+    // exempt tokens, which no limiter reads, and see whose hits grow), whatever the
+    // implementation names its keys.
     let mut before = Vec::new();
     for &port in &masters_before {
         before.push(hits(vec![port]).await?);
@@ -65,22 +68,28 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     }
     let mut victim = (masters_before[0], 0);
     for (&port, was) in masters_before.iter().zip(before) {
-        let grew = hits(vec![port]).await? - was;
+        let grew = hits(vec![port]).await?.saturating_sub(was);
         if grew > victim.1 {
             victim = (port, grew);
         }
     }
 
     let stop = AtomicBool::new(false);
+    // Once a replica is promoted, only exempt reads go on: the hits counted then are the
+    // cache's, not a limiter's reads of its buckets.
+    let promoted_flag = AtomicBool::new(false);
+    let killed_at = Instant::now() + Duration::from_millis(500);
     let reader = async {
         let mut seen = Vec::new();
         let mut step = 0usize;
-        while !stop.load(Ordering::Relaxed) {
+        // However the other side ends, the reads stop by then.
+        let deadline = killed_at + PROMOTION_LIMIT + RECOVERY_LIMIT + Duration::from_secs(2);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
             // Two exempt reads each step; a free-tier read every fifth step, each free user in
             // turn: about one a second per user, inside any bucket's refill.
             let mut requests =
                 vec![(false, &internal[step % users.len()]), (false, &internal[(step + 1) % users.len()])];
-            if step.is_multiple_of(5) {
+            if step.is_multiple_of(5) && !promoted_flag.load(Ordering::Relaxed) {
                 requests.push((true, &free[step / 5 % users.len()]));
             }
             let replies = futures::future::join_all(requests.iter().map(|&(free_tier, token)| {
@@ -88,7 +97,7 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
                 async move {
                     let started = Instant::now();
                     let status = api.feed(token, "").await.map_or(0, |r| r.status);
-                    Seen { free_tier, status, ms: started.elapsed().as_secs_f64() * 1000.0 }
+                    Seen { free_tier, status, at: started, ms: started.elapsed().as_secs_f64() * 1000.0 }
                 }
             }))
             .await;
@@ -100,32 +109,42 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     };
     let killer = async {
         // Reads before the kill too, so the run shows the change.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep_until(killed_at.into()).await;
         cluster.kill(victim.0);
-        let killed = Instant::now();
-        let promoted = cluster.wait_for_failover(victim.0, masters_before.len(), PROMOTION_LIMIT).await;
-        // Cache hits again: on the promoted replica, which served no reads until now.
-        let mut resumed = None;
-        if promoted.is_ok() {
+        let outcome = async {
+            let promoted = cluster.wait_for_failover(victim.0, masters_before.len(), PROMOTION_LIMIT).await;
             let promoted_to: Vec<u16> =
                 cluster.masters().await?.into_iter().filter(|p| !masters_before.contains(p)).collect();
-            let deadline = Instant::now() + RECOVERY_LIMIT;
-            let before = hits(promoted_to.clone()).await?;
-            while Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                if hits(promoted_to.clone()).await? > before {
-                    resumed = Some(killed.elapsed());
-                    break;
+            promoted_flag.store(true, Ordering::Relaxed);
+            // Cache hits again: on the promoted replica, which served no reads until now.
+            let mut resumed = None;
+            if promoted.is_ok() && !promoted_to.is_empty() {
+                let deadline = Instant::now() + RECOVERY_LIMIT;
+                let before = hits(promoted_to.clone()).await?;
+                while Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if hits(promoted_to.clone()).await? > before {
+                        resumed = Some(killed_at.elapsed());
+                        break;
+                    }
                 }
             }
+            // A second of reads after that, to see them settle.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            anyhow::Ok((promoted, resumed, promoted_to))
         }
-        // A second of reads after that, to see them settle.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        .await;
+        // Whatever happened, the reader stops.
         stop.store(true, Ordering::Relaxed);
-        anyhow::Ok((promoted, resumed, cluster.masters().await?))
+        outcome
     };
     let (seen, outcome) = tokio::join!(reader, killer);
-    let (promoted, resumed, masters_after) = outcome?;
+    let (promoted, resumed, promoted_to) = outcome?;
+    let masters_after = cluster.masters().await.unwrap_or_default();
+    // Free-tier reads sent between the kill and the promotion: the limiter's side of the outage.
+    let promoted_at = promoted.as_ref().ok().map(|took| killed_at + *took);
+    let free_during =
+        seen.iter().filter(|s| s.free_tier && s.at >= killed_at && promoted_at.is_some_and(|at| s.at <= at)).count();
 
     let statuses = |free_tier: bool| {
         let mut counts = BTreeMap::<u16, usize>::new();
@@ -142,7 +161,6 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     report.metric("failover_promoted_ms", promoted_ms);
     report.metric("failover_hits_resumed_ms", resumed_ms);
     report.metric("failover_slowest_request_ms", slowest.round());
-    let promoted_to: Vec<u16> = masters_after.iter().filter(|p| !masters_before.contains(p)).copied().collect();
     let show = |counts: &BTreeMap<u16, usize>| {
         counts
             .iter()
@@ -150,11 +168,12 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let passed = promoted.is_ok() && resumed.is_some() && all_200(&feed_statuses) && all_200(&free_statuses);
+    let passed =
+        promoted.is_ok() && resumed.is_some() && all_200(&feed_statuses) && all_200(&free_statuses) && free_during > 0;
     let summary = match &promoted {
         Err(e) => format!("master :{} killed: {e:#}", victim.0),
         Ok(took) => format!(
-            "master :{} killed mid-run: replica :{} promoted after {} ms; feed reads {}; free-tier reads {}; {}; slowest request {slowest:.0} ms",
+            "master :{} killed mid-run: replica :{} promoted after {} ms; feed reads {}; free-tier reads {} ({free_during} before the promotion); {}; slowest request {slowest:.0} ms",
             victim.0,
             promoted_to.first().map_or("?".into(), u16::to_string),
             took.as_millis(),
@@ -169,8 +188,8 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     Ok(Check::new(
         FAILOVER,
         passed,
-        json!({ "promoted_ms": promoted_ms, "hits_resumed_ms": resumed_ms, "feed_statuses": feed_statuses, "free_tier_statuses": free_statuses }),
-        json!({ "promoted_ms": format!("<= {}", PROMOTION_LIMIT.as_millis()), "hits_resumed": true, "feed_statuses": "200 only", "free_tier_statuses": "200 only (RATE_LIMIT_ON_REDIS_ERROR=open)" }),
+        json!({ "promoted_ms": promoted_ms, "hits_resumed_ms": resumed_ms, "feed_statuses": feed_statuses, "free_tier_statuses": free_statuses, "free_tier_reads_before_promotion": free_during }),
+        json!({ "promoted_ms": format!("<= {}", PROMOTION_LIMIT.as_millis()), "hits_resumed": true, "feed_statuses": "200 only", "free_tier_statuses": "200 only (RATE_LIMIT_ON_REDIS_ERROR=open)", "free_tier_reads_before_promotion": ">= 1" }),
         summary,
     )
     .evidence(format!(

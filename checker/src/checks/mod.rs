@@ -27,8 +27,6 @@ pub struct Run<'a> {
     pub target: Target,
     /// Where requests go: the first instance, or on a cluster topology the load balancer.
     pub api: Api,
-    /// The second instance, when there is one.
-    pub second: Option<Api>,
     /// Every instance, each reached directly (not through the balancer).
     pub instances: Vec<Api>,
     pub users: Users,
@@ -36,8 +34,8 @@ pub struct Run<'a> {
     pub launch: Option<Launch>,
     /// The processes started for this run; they stop when the run ends.
     _processes: Vec<AppProcess>,
-    /// The load balancer in front of them, on a cluster topology.
-    pub balancer: Option<kata_services::Haproxy>,
+    /// The load balancer in front of them, on a cluster topology (kept to the end of the run).
+    _balancer: Option<kata_services::Haproxy>,
 }
 
 /// How long a check's measuring loop may read before it grades what it has: a target that makes
@@ -108,7 +106,7 @@ pub fn planned(bar: StageId, cluster: bool) -> Vec<&'static str> {
     if bar >= StageId::Stage3 {
         names.extend(rate_limit::CHECKS);
     }
-    if cluster {
+    if cluster && bar >= StageId::Stage2 {
         names.push(cluster::FAILOVER);
     }
     if bar >= StageId::Stage2 {
@@ -205,8 +203,33 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
             let api = if cluster {
                 let backends: Vec<String> =
                     processes.iter().map(|app| app.base_url.trim_start_matches("http://").to_owned()).collect();
-                let proxy = kata_services::Haproxy::start(None, &backends).await?;
-                proxy.wait_all_up(std::time::Duration::from_secs(10)).await?;
+                // The balancer takes an instance whose GET /health answers 200: one that does not
+                // is the target's failure, reported as such.
+                let proxy = match kata_services::Haproxy::start(None, &backends).await {
+                    Ok(proxy) => match proxy.wait_all_up(std::time::Duration::from_secs(10)).await {
+                        Ok(()) => Ok(proxy),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e),
+                };
+                let proxy = match proxy {
+                    Ok(proxy) => proxy,
+                    Err(e) => {
+                        report.push(
+                            Check::new(
+                                "starts",
+                                false,
+                                false,
+                                true,
+                                "HAProxy did not take every instance (GET /health)",
+                            )
+                            .evidence(format!("{e:#}"))
+                            .on_failure("docs/api.md#get-health"),
+                        );
+                        not_run(&mut report, "it did not start behind the balancer");
+                        return Ok(report);
+                    }
+                };
                 let api = Api::new(&proxy.base_url());
                 balancer = Some(proxy);
                 api
@@ -229,8 +252,7 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
         (None, Target::Urls(urls)) => (Api::new(&urls[0]), urls.iter().map(|u| Api::new(u)).collect()),
         (None, _) => unreachable!("every target but --url has a launch"),
     };
-    let second = instances.get(1).cloned();
-    let mut run = Run { env, bar, target, api, second, instances, users, launch, _processes: processes, balancer };
+    let mut run = Run { env, bar, target, api, instances, users, launch, _processes: processes, _balancer: balancer };
 
     contract::run(&mut run, &mut report).await;
     queries::run(&mut run, &mut report).await;
@@ -243,7 +265,7 @@ pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::
     if bar >= StageId::Stage3 {
         rate_limit::run(&mut run, &mut report).await;
     }
-    if cluster {
+    if cluster && bar >= StageId::Stage2 {
         // It kills a master; the checks after it run on the promoted replica.
         let check = cluster::failover(&mut run, &mut report).await;
         report.push(check);
