@@ -138,6 +138,21 @@ async fn keys_without_hash_tags() {
     .await;
 }
 
+/// A master dies on a cluster: a cache that answers 500 on a Redis error fails the failover, not
+/// only a whole outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_error_500_on_a_cluster() {
+    assert_caught(Case {
+        mistake: "redis-error-500",
+        bar: StageId::Stage2,
+        must_fail: "cluster.failover",
+        symptom: r"feed reads (200 ×\d+, )?500 ×\d+",
+        also_fails: &["redis_down"],
+        cluster: true,
+    })
+    .await;
+}
+
 /// Batch loading (posts, then their authors in one `any($1)`) is a correct fix of the N+1: two
 /// statements whatever the page size. It meets the stage-1 bar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
