@@ -155,8 +155,8 @@ async fn hit_ratio(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<[Ch
     // evidence; the summary leaves out NOSCRIPT (the first call of a script by its hash; the
     // client then sends the script), MOVED and ASK (a cluster client redirected), and the generic
     // ERR, which every new connection of the redis crate earns from Redis 7.0 by offering
-    // `CLIENT SETINFO`, a command of 7.2. (Sums over the masters can drop if a master changes
-    // between the two reads: saturating.)
+    // `CLIENT SETINFO`, a command of 7.2 (the checker's own connections do not offer it). (Sums
+    // over the masters can drop if a master changes between the two reads: saturating.)
     let errors: Vec<(&str, u64)> = errors_after
         .iter()
         .filter_map(|(field, after)| {
