@@ -58,6 +58,13 @@ pub struct KataEnv {
 impl KataEnv {
     /// Start or reuse services, migrate, make sure pg_stat_statements is loaded, seed.
     pub async fn start(options: EnvOptions) -> anyhow::Result<Self> {
+        // The cluster topology puts the instances behind HAProxy: a missing HAProxy is this
+        // machine's problem, said before anything starts, not a failure of the implementation.
+        anyhow::ensure!(
+            !options.redis_cluster || kata_services::on_path("haproxy").is_some(),
+            "the cluster topology puts the instances behind HAProxy, which is not on PATH \
+             (Debian/Ubuntu: apt-get install haproxy)"
+        );
         let services =
             Services::start(Options { db_latency_ms: options.db_latency_ms, honour_env: options.honour_env }).await?;
         let admin = PgPoolOptions::new()
@@ -212,13 +219,9 @@ pub async fn info_sum(
 /// 7.0 answers it with an error, and the checker's own connections must not show up in the
 /// error counts (`INFO errorstats`) it reports of the implementation.
 pub async fn connect_each(urls: &[String]) -> anyhow::Result<Vec<redis::aio::MultiplexedConnection>> {
-    use redis::IntoConnectionInfo as _;
     let mut nodes = Vec::new();
     for url in urls {
-        let info = url.as_str().into_connection_info()?;
-        let quiet = info.redis_settings().clone().set_skip_set_lib_name();
-        let client = redis::Client::open(info.set_redis_settings(quiet))?;
-        nodes.push(client.get_multiplexed_async_connection().await?);
+        nodes.push(kata_services::quiet_client(url)?.get_multiplexed_async_connection().await?);
     }
     Ok(nodes)
 }

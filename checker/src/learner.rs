@@ -54,6 +54,7 @@ pub fn hints(check: &str) -> &'static [&'static str] {
             "A repeated read of the same feed should not reach Postgres. The evidence shows how many did.",
             "Wrap your feed source in a second FeedSource that holds it (a decorator): lib.rs builds `Stage::new(\"workbench\", YourCache::new(inner, ctx.redis, ..))`.",
             "Cache-aside, one key per timeline: `HGET feed:v2:{user:ID} <limit>`; on a hit return those bytes from `feed_json` without touching Postgres; on a miss ask the inner source's `feed_json` and HSET the body under the page size, with `EXPIRE <ttl>` on the hash. (Caching the newest 100 items as one JSON value and slicing per request passes too; it costs more per hit.)",
+            "On a Redis Cluster (`--topology cluster`), CROSSSLOT in the summary means one command or script touched keys in different slots, so the cluster refused it: give a timeline's keys one hash tag, `feed:v2:{user:42}` and `feed:v2:{user:42}:lock:20` (docs/scale-out.md, \"Slots and hash tags\").",
         ],
         "cache.ttl_jitter" => &[
             "How stale may a cached feed be? New posts are invalidated on write; only names and avatars can be stale until the TTL. Let that decide the TTL.",

@@ -271,6 +271,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Verify { stage, target, cmd, url, format, profile, topology, services } => {
+            anyhow::ensure!(
+                topology == Topology::Single || stage >= StageId::Stage2,
+                "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
+                 use it with stage-2 or stage-3"
+            );
             let target = match (cmd, url.is_empty()) {
                 (Some(cmd), _) => Target::Cmd(cmd),
                 (None, true) => Target::Implementation(target.unwrap_or(Implementation::reference(stage))),
@@ -295,11 +300,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("starting services and seeding the {} profile…", profile.name());
             }
             let cluster = topology == Topology::Cluster;
-            anyhow::ensure!(
-                !cluster || stage >= StageId::Stage2,
-                "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
-                 use it with stage-2 or stage-3"
-            );
             if cluster && format == Format::Text {
                 eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
             }

@@ -119,7 +119,7 @@ async fn keys_without_hash_tags() {
         mistake: "keys-without-hash-tags",
         bar: StageId::Stage3,
         must_fail: "cache.hit_ratio",
-        symptom: r"^0\.0% hits .*Redis refused commands meanwhile: CROSSSLOT ×\d+",
+        symptom: r"^0\.0% hits .*Redis refused commands meanwhile: .*CROSSSLOT ×\d+",
         // Nothing cached: no TTLs, SQL on every read, no hits after a failover or an outage. And
         // a read that finds a page's lock taken waits up to a second for a fill that never lands,
         // so one caller's sequential requests come slower than their bucket refills: no 429 to
@@ -146,7 +146,7 @@ async fn redis_error_500_on_a_cluster() {
         mistake: "redis-error-500",
         bar: StageId::Stage2,
         must_fail: "cluster.failover",
-        symptom: r"feed reads (200 ×\d+, )?500 ×\d+",
+        symptom: r"feed reads [^;]*500 ×\d+",
         also_fails: &["redis_down"],
         cluster: true,
     })

@@ -198,6 +198,8 @@ pub async fn start_target(
         ("REDIS_URL".to_owned(), env.services.redis_url.clone()),
         ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
     ];
+    // An extra setting replaces the default of the same name.
+    settings.retain(|(name, _)| !extra.iter().any(|(extra_name, _)| extra_name == name));
     settings.extend(extra.iter().cloned());
     let process = AppProcess::start(&Launch::Program(bin_dir.join(target.package())), &settings, READY_TIMEOUT)
         .await

@@ -30,7 +30,9 @@ pub struct Spread {
 /// Counters read at one moment; a run's [`Spread`] is the difference of two.
 pub struct Counters {
     instances: Vec<(String, u64)>,
+    /// By address; the roles (cluster nodes only) label them in the spread.
     redis_nodes: Vec<(String, u64)>,
+    roles: Vec<(String, &'static str)>,
 }
 
 impl ScaleOut {
@@ -85,29 +87,31 @@ impl ScaleOut {
         let instances = self.balancer.backends().await?.into_iter().map(|b| (b.name, b.requests)).collect();
         let (urls, masters) = match &self.cluster {
             Some(cluster) => {
-                (cluster.nodes_csv().split(',').map(str::to_owned).collect(), cluster.master_urls().await?)
+                (cluster.nodes_csv().split(',').map(str::to_owned).collect(), Some(cluster.master_urls().await?))
             }
-            None => (vec![self.redis_url.clone()], vec![self.redis_url.clone()]),
+            None => (vec![self.redis_url.clone()], None),
         };
-        let mut redis_nodes = Vec::new();
+        let (mut redis_nodes, mut roles) = (Vec::new(), Vec::new());
         for url in urls {
-            let mut node = redis::Client::open(url.as_str())?.get_multiplexed_async_connection().await?;
+            let mut node = kata_services::quiet_client(&url)?.get_multiplexed_async_connection().await?;
             let info: String = redis::cmd("INFO").arg("stats").query_async(&mut node).await?;
             let commands = info
                 .lines()
                 .find_map(|l| l.strip_prefix("total_commands_processed:")?.trim().parse().ok())
                 .unwrap_or(0);
-            let role = if masters.contains(&url) { "master" } else { "replica" };
-            let address = url.trim_start_matches("redis://").trim_end_matches('/');
-            redis_nodes.push((format!("{address} ({role})"), commands));
+            let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+            if let Some(masters) = &masters {
+                roles.push((address.clone(), if masters.contains(&url) { "master" } else { "replica" }));
+            }
+            redis_nodes.push((address, commands));
         }
-        Ok(Counters { instances, redis_nodes })
+        Ok(Counters { instances, redis_nodes, roles })
     }
 }
 
 impl Spread {
     pub fn between(before: &Counters, after: &Counters) -> Self {
-        let delta = |before: &[(String, u64)], after: &[(String, u64)]| {
+        let delta = |before: &[(String, u64)], after: &[(String, u64)]| -> Vec<(String, u64)> {
             after
                 .iter()
                 .map(|(name, n)| {
@@ -116,10 +120,15 @@ impl Spread {
                 })
                 .collect()
         };
-        Self {
-            instances: delta(&before.instances, &after.instances),
-            redis_nodes: delta(&before.redis_nodes, &after.redis_nodes),
-        }
+        // Matched by address; labelled with the role each node has at the end of the run.
+        let redis_nodes = delta(&before.redis_nodes, &after.redis_nodes)
+            .into_iter()
+            .map(|(address, n)| match after.roles.iter().find(|(a, _)| *a == address) {
+                Some((_, role)) => (format!("{address} ({role})"), n),
+                None => (address, n),
+            })
+            .collect();
+        Self { instances: delta(&before.instances, &after.instances), redis_nodes }
     }
 
     /// "instance-1 33,210 (33.3 %), instance-2 …": a name, a count and its share, per entry.
@@ -143,10 +152,20 @@ mod tests {
     #[test]
     fn a_spread_is_the_difference_per_name_with_shares() {
         let named = |v: &[(&str, u64)]| v.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect::<Vec<_>>();
-        let before = Counters { instances: named(&[("instance-1", 10), ("instance-2", 12)]), redis_nodes: vec![] };
-        let after = Counters { instances: named(&[("instance-1", 40), ("instance-2", 42)]), redis_nodes: vec![] };
+        let before = Counters {
+            instances: named(&[("instance-1", 10), ("instance-2", 12)]),
+            redis_nodes: named(&[("127.0.0.1:7000", 5)]),
+            roles: vec![("127.0.0.1:7000".into(), "replica")],
+        };
+        let after = Counters {
+            instances: named(&[("instance-1", 40), ("instance-2", 42)]),
+            redis_nodes: named(&[("127.0.0.1:7000", 9)]),
+            // Promoted during the run: still the same node.
+            roles: vec![("127.0.0.1:7000".into(), "master")],
+        };
         let spread = Spread::between(&before, &after);
         assert_eq!(spread.instances, named(&[("instance-1", 30), ("instance-2", 30)]));
+        assert_eq!(spread.redis_nodes, named(&[("127.0.0.1:7000 (master)", 4)]));
         assert_eq!(Spread::shares(&spread.instances), "instance-1 30 (50.0 %), instance-2 30 (50.0 %)");
     }
 }

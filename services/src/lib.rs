@@ -17,7 +17,7 @@ pub use app_process::{AppProcess, Launch, StartFailure};
 pub use haproxy::{Backend, Haproxy};
 pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
-pub use redis_cluster::{RedisCluster, node_url};
+pub use redis_cluster::{RedisCluster, node_url, quiet_client};
 pub use redis_server::RedisServer;
 
 use anyhow::Context as _;
@@ -139,7 +139,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Does `name` resolve on `PATH`?
-pub(crate) fn on_path(name: &str) -> Option<std::path::PathBuf> {
+/// Where `name` is on PATH, if it is.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")
         .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|p| p.is_file()))
 }

@@ -140,7 +140,7 @@ impl RedisCluster {
     /// The port of the master that serves `key` now (`CLUSTER KEYSLOT`, then `CLUSTER SLOTS`).
     pub async fn owner_of(&self, key: &str) -> anyhow::Result<u16> {
         let port = self.nodes.iter().find(|n| n.child.is_some()).map(|n| n.port).context("no node is running")?;
-        let client = redis::Client::open(node_url(port))?;
+        let client = quiet_client(&node_url(port))?;
         let mut conn =
             tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await??;
         let slot: i64 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut conn).await?;
@@ -257,9 +257,19 @@ pub fn node_url(port: u16) -> String {
     format!("redis://127.0.0.1:{port}/")
 }
 
+/// A client for `url` that does not offer `CLIENT SETINFO` when it connects: Redis 7.0 answers
+/// that 7.2 command with an error, and a measuring tool's own connections must not show up in
+/// the error counts (`INFO errorstats`) it reports of a service.
+pub fn quiet_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo as _;
+    let info = url.into_connection_info()?;
+    let quiet = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(quiet))
+}
+
 /// One command to one node (not through a cluster client: `CLUSTER …` and `INFO` are per node).
 async fn query(port: u16, cmd: &redis::Cmd) -> anyhow::Result<String> {
-    let client = redis::Client::open(node_url(port))?;
+    let client = quiet_client(&node_url(port))?;
     let mut conn = tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await??;
     let reply: redis::Value = tokio::time::timeout(Duration::from_secs(2), cmd.query_async(&mut conn)).await??;
     Ok(match reply {

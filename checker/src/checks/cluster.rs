@@ -2,7 +2,7 @@
 //! while the feed is being read through the load balancer.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use feed_core::auth::Tier;
@@ -19,6 +19,8 @@ const DOC: &str = "docs/scale-out.md";
 const PROMOTION_LIMIT: Duration = Duration::from_secs(20);
 /// How long after the promotion cache hits may take to come back.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+/// How often a free-tier read goes out until the promotion.
+const FREE_EVERY: Duration = Duration::from_millis(150);
 
 /// What one request saw during the run.
 struct Seen {
@@ -66,7 +68,8 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     for token in &internal {
         api.feed(token, "").await?;
     }
-    let mut victim = (masters_before[0], 0);
+    let first = *masters_before.first().ok_or_else(|| anyhow::anyhow!("the cluster lists no master"))?;
+    let mut victim = (first, 0);
     for (&port, was) in masters_before.iter().zip(before) {
         let grew = hits(vec![port]).await?.saturating_sub(was);
         if grew > victim.1 {
@@ -78,19 +81,24 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
     // Once a replica is promoted, only exempt reads go on: the hits counted then are the
     // cache's, not a limiter's reads of its buckets.
     let promoted_flag = AtomicBool::new(false);
+    // Steps the reader has finished: the killer waits for one that started after the flag.
+    let steps_done = AtomicUsize::new(0);
     let killed_at = Instant::now() + Duration::from_millis(500);
     let reader = async {
         let mut seen = Vec::new();
-        let mut step = 0usize;
+        let (mut step, mut free_reads) = (0usize, 0usize);
+        let mut last_free: Option<Instant> = None;
         // However the other side ends, the reads stop by then.
         let deadline = killed_at + PROMOTION_LIMIT + RECOVERY_LIMIT + Duration::from_secs(2);
         while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-            // Two exempt reads each step; a free-tier read every fifth step, each free user in
-            // turn: about one a second per user, inside any bucket's refill.
+            // Two exempt reads each step, and a free-tier read every 150 ms or more, each free
+            // user in turn: under one a second per user, inside any bucket's refill.
             let mut requests =
                 vec![(false, &internal[step % users.len()]), (false, &internal[(step + 1) % users.len()])];
-            if step.is_multiple_of(5) && !promoted_flag.load(Ordering::Relaxed) {
-                requests.push((true, &free[step / 5 % users.len()]));
+            if !promoted_flag.load(Ordering::Relaxed) && last_free.is_none_or(|at| at.elapsed() >= FREE_EVERY) {
+                requests.push((true, &free[free_reads % users.len()]));
+                free_reads += 1;
+                last_free = Some(Instant::now());
             }
             let replies = futures::future::join_all(requests.iter().map(|&(free_tier, token)| {
                 let api = &api;
@@ -103,6 +111,7 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
             .await;
             seen.extend(replies);
             step += 1;
+            steps_done.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         seen
@@ -116,6 +125,13 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check
             let promoted_to: Vec<u16> =
                 cluster.masters().await?.into_iter().filter(|p| !masters_before.contains(p)).collect();
             promoted_flag.store(true, Ordering::Relaxed);
+            // A free-tier read already sent could still look its bucket up on the promoted
+            // replica: wait until a step that started after the flag is done (two steps on).
+            let flagged_at = steps_done.load(Ordering::Relaxed);
+            let wait_until = Instant::now() + Duration::from_secs(5);
+            while steps_done.load(Ordering::Relaxed) < flagged_at + 2 && Instant::now() < wait_until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             // Cache hits again: on the promoted replica, which served no reads until now.
             let mut resumed = None;
             if promoted.is_ok() && !promoted_to.is_empty() {
