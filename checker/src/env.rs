@@ -95,11 +95,7 @@ impl KataEnv {
             ("JWT_SECRET".into(), self.jwt_secret.clone()),
         ];
         match &self.cluster {
-            Some(cluster) => {
-                let nodes = cluster.nodes_csv();
-                env.push(("REDIS_URL".into(), nodes.split(',').next().unwrap_or_default().to_owned()));
-                env.push(("REDIS_CLUSTER_NODES".into(), nodes));
-            }
+            Some(cluster) => env.extend(cluster.service_env()),
             None => env.push(("REDIS_URL".into(), self.services.redis_url.clone())),
         }
         env

@@ -437,9 +437,8 @@ async fn up(
         Some(cluster) => {
             // Not exported: the checker's and the load test's own commands honour REDIS_URL and
             // would talk to one node of the cluster as if it were all of Redis.
-            let nodes = cluster.nodes_csv();
-            let first = nodes.split(',').next().unwrap_or_default();
-            println!("# for a service of yours: REDIS_URL={first} REDIS_CLUSTER_NODES={nodes}");
+            let settings: Vec<String> = cluster.service_env().iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("# for a service of yours: {}", settings.join(" "));
             println!("# (the cluster client uses REDIS_CLUSTER_NODES; a service still needs REDIS_URL set)");
         }
         None => println!("export REDIS_URL={}", s.redis_url),
@@ -482,7 +481,6 @@ async fn up(
                 let balancer = kata_services::Haproxy::start(Some(listen), &backends)
                     .await
                     .with_context(|| format!("starting HAProxy on {listen} (use --listen to pick another address)"))?;
-                balancer.wait_all_up(std::time::Duration::from_secs(10)).await?;
                 for (server, backend) in servers.iter().zip(balancer.backends().await?) {
                     println!("# {}: {} at {} ({})", backend.name, stage.name(), server.base_url, backend.status);
                 }

@@ -50,17 +50,7 @@ impl ScaleOut {
         } else {
             None
         };
-        // As the checker gives them (KataEnv::app_env): REDIS_URL is a node of the cluster too,
-        // so an implementation that ignores REDIS_CLUSTER_NODES is not quietly given a Redis of
-        // its own, and its commands per node say so.
-        let extra: Vec<(String, String)> = match &cluster {
-            Some(cluster) => {
-                let nodes = cluster.nodes_csv();
-                let first = nodes.split(',').next().unwrap_or_default().to_owned();
-                vec![("REDIS_URL".into(), first), ("REDIS_CLUSTER_NODES".into(), nodes)]
-            }
-            None => Vec::new(),
-        };
+        let extra: Vec<(String, String)> = cluster.iter().flat_map(RedisCluster::service_env).collect();
         let mut processes = Vec::new();
         for _ in 0..instances {
             processes.push(start_target(bin_dir, target, env, jwt_secret, &extra).await?);
@@ -68,7 +58,6 @@ impl ScaleOut {
         let backends: Vec<String> =
             processes.iter().map(|p| p.base_url.trim_start_matches("http://").to_owned()).collect();
         let balancer = Haproxy::start(None, &backends).await?;
-        balancer.wait_all_up(std::time::Duration::from_secs(10)).await?;
         say(format!("HAProxy balances {instances} instance(s) of {target} round-robin on {}", balancer.base_url()));
         Ok(Self { balancer, processes, cluster, redis_url: env.services.redis_url.clone() })
     }

@@ -31,7 +31,8 @@ pub struct Backend {
 
 impl Haproxy {
     /// Start HAProxy on `listen` (`127.0.0.1` and a free port when `None`) balancing over
-    /// `backends` (`host:port` each); ready when at least one backend passed its health check.
+    /// `backends` (`host:port` each); ready when every backend passed its health check, so
+    /// nothing sent through it lands on an instance still starting.
     pub async fn start(listen: Option<std::net::SocketAddr>, backends: &[String]) -> anyhow::Result<Self> {
         crate::on_path("haproxy").context("haproxy was not found on PATH (Debian/Ubuntu: apt-get install haproxy)")?;
         anyhow::ensure!(!backends.is_empty(), "HAProxy needs at least one backend");
@@ -65,30 +66,16 @@ impl Haproxy {
                 proxy.child = None;
                 bail!("HAProxy exited ({status}) on {listen}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
-            if let Ok(backends) = proxy.backends().await
-                && backends.iter().any(|b| b.status == "UP")
-            {
+            let states = proxy.backends().await.unwrap_or_default();
+            if !states.is_empty() && states.iter().all(|b| b.status == "UP") {
                 return Ok(proxy);
             }
             if Instant::now() > deadline {
-                bail!("HAProxy on {listen} had no healthy backend (GET /health 200) within 10 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Wait until every backend passed its health check (`UP`), or fail after `limit` naming the
-    /// ones that did not.
-    pub async fn wait_all_up(&self, limit: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let backends = self.backends().await.unwrap_or_default();
-            if !backends.is_empty() && backends.iter().all(|b| b.status == "UP") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let states: Vec<String> = backends.iter().map(|b| format!("{} {}", b.name, b.status)).collect();
-                bail!("HAProxy's backends were not all UP within {} s: {}", limit.as_secs(), states.join(", "));
+                let states: Vec<String> = states.iter().map(|b| format!("{} {}", b.name, b.status)).collect();
+                bail!(
+                    "HAProxy on {listen}: not every backend passed its health check (GET /health 200) within 10 s: {}",
+                    states.join(", ")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -131,6 +131,15 @@ impl RedisCluster {
         Ok(masters)
     }
 
+    /// What a service is given to use this cluster: `REDIS_CLUSTER_NODES` (every node), and
+    /// `REDIS_URL` set to one of them, since a service requires it and should not be handed a
+    /// Redis of its own that it could use instead without anyone noticing.
+    pub fn service_env(&self) -> [(String, String); 2] {
+        let nodes = self.nodes_csv();
+        let first = nodes.split(',').next().unwrap_or_default().to_owned();
+        [("REDIS_URL".into(), first), ("REDIS_CLUSTER_NODES".into(), nodes)]
+    }
+
     /// Each live master's `redis://` URL, in port order: where a cluster's data is. Per-node
     /// commands (`INFO`, `KEYS`, `FLUSHALL`) go to each of these.
     pub async fn master_urls(&self) -> anyhow::Result<Vec<String>> {
