@@ -119,8 +119,9 @@ pub struct SearchArgs {
     pub max_rate: usize,
     /// The fewest concurrent users in a search step, each a distinct free-tier user with no think
     /// time: enough that the throttle, not the users, sets the rate. Faster steps get more, so
-    /// that no user makes more than 50 requests in a step and stage-3's per-user limit (a burst
-    /// of 60) never answers 429.
+    /// that users make at most 50 requests a step on average. A target the load test starts also
+    /// gets a free-tier bucket that never refuses (docs/loadtest.md, "Capacity"); a service at
+    /// --url keeps its own, and a step says how many of its errors were 429s.
     #[arg(long, default_value_t = 400)]
     pub search_users: usize,
 }

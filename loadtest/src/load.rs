@@ -78,6 +78,8 @@ pub struct Outcome {
     /// The readers' requests per second once every user had started (the ramp left out), by
     /// the load test's own clock.
     pub steady_rate: Option<f64>,
+    /// The readers' `429 Too Many Requests` answers.
+    pub refused: u64,
 }
 
 /// The abuser's answers: 200s let through and 429s refused by the rate limiter.
@@ -125,7 +127,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
     }
     let progress = RunProgress::start(plan.label.clone(), plan.ramp_time + plan.run_time, live.clone());
     let steady = tokio::spawn({
-        let (ramp, run) = (plan.ramp_time, plan.run_time);
+        let (ramp, run, live) = (plan.ramp_time, plan.run_time, live.clone());
         async move {
             tokio::time::sleep(ramp).await;
             let (first, started) = (live.requests(), tokio::time::Instant::now());
@@ -141,7 +143,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Outcome> {
         Err(GooseError::ThresholdsFailed { metrics, .. }) => (*metrics.0, false),
         Err(e) => return Err(e.into()),
     };
-    Ok(Outcome { metrics, passed, abuser: plan.abuser.then(|| abuser.counts()), steady_rate })
+    Ok(Outcome { metrics, passed, abuser: plan.abuser.then(|| abuser.counts()), steady_rate, refused: live.refused() })
 }
 
 fn configuration(plan: &Plan) -> GooseConfiguration {
@@ -207,7 +209,7 @@ fn read(endpoint: Endpoint, live: Arc<Live>) -> Transaction {
         let live = live.clone();
         Box::pin(async move {
             let response = get(user, endpoint.path(), endpoint.request_name()).await?;
-            live.record(response.request.response_time, response.request.success);
+            live.record(response.request.response_time, response.request.success, response.request.status_code);
             Ok(())
         })
     });

@@ -77,15 +77,21 @@ impl Step {
 pub struct Live {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Answers `429 Too Many Requests`, counted here rather than read from Goose, whose
+    /// per-status counts include the requests coordinated-omission mitigation backfills.
+    refused: AtomicU64,
     /// Response times (ms) since the last report, for a current p99.
     window: Mutex<Vec<u64>>,
 }
 
 impl Live {
-    pub fn record(&self, millis: u64, ok: bool) {
+    pub fn record(&self, millis: u64, ok: bool, status: u16) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if status == 429 {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
         self.window.lock().expect("not poisoned").push(millis);
     }
@@ -93,6 +99,11 @@ impl Live {
     /// Requests finished so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// `429`s so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     fn take_window(&self) -> Vec<u64> {
@@ -218,13 +229,15 @@ mod tests {
     }
 
     #[test]
-    fn live_counts_requests_and_errors_and_empties_its_window() {
+    fn live_counts_requests_errors_and_429s_and_empties_its_window() {
         let live = Live::default();
-        live.record(5, true);
-        live.record(900, false);
-        assert_eq!(live.requests.load(Ordering::Relaxed), 2);
-        assert_eq!(live.errors.load(Ordering::Relaxed), 1);
-        assert_eq!(live.take_window(), vec![5, 900]);
+        live.record(5, true, 200);
+        live.record(900, false, 429);
+        live.record(7, false, 503);
+        assert_eq!(live.requests.load(Ordering::Relaxed), 3);
+        assert_eq!(live.errors.load(Ordering::Relaxed), 2);
+        assert_eq!(live.refused(), 1);
+        assert_eq!(live.take_window(), vec![5, 900, 7]);
         assert!(live.take_window().is_empty());
     }
 }

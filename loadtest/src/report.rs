@@ -397,7 +397,14 @@ pub(crate) mod tests {
             rate: Some(rate),
             at_max: false,
             lowest_rate: 50,
-            steps: vec![StepResult { target_rate: 50, achieved_rate: rate, p99_ms: 1.0, error_pct: 0.0, held: true }],
+            steps: vec![StepResult {
+                target_rate: 50,
+                achieved_rate: rate,
+                p99_ms: 1.0,
+                error_pct: 0.0,
+                refused: 0,
+                held: true,
+            }],
         };
         Capacities { health: Some(cap(12_000.0)), targets: vec![(Target::Stage(0), cap(98.0))] }
     }

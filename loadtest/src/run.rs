@@ -128,7 +128,8 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     if !args.no_capacity {
         for target in &targets {
             say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
-            let service = start_target(&bin_dir, *target, &env, &args.common.jwt_secret, &[]).await?;
+            let service =
+                start_target(&bin_dir, *target, &env, &args.common.jwt_secret, &capacity::unlimited()).await?;
             if capacities.health.is_none() {
                 let health = capacity::search(
                     "GET /health",
@@ -190,7 +191,8 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
         None => {
             let bin_dir = build_targets(&[args.stage])?;
             let started = Environment::start(args.common.db_latency_ms).await?;
-            let process = start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret, &[]).await?;
+            let process =
+                start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret, &capacity::unlimited()).await?;
             let url = process.base_url.clone();
             env = Some(started);
             service = Some(process);
