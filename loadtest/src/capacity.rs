@@ -41,8 +41,8 @@ pub fn unlimited() -> Vec<(String, String)> {
     ["RATE_FREE_BURST", "RATE_FREE_PER_MIN"].map(|name| (name.to_owned(), "1000000000".to_owned())).into()
 }
 
-/// Users for a step at `rate`: at least `fewest`, and enough that none makes more than
-/// [`PER_USER`] requests.
+/// Users for a step at `rate`: at least `fewest`, and enough that they make no more than
+/// [`PER_USER`] requests each on average.
 fn users_for(rate: usize, step: Duration, fewest: usize) -> usize {
     let requests = rate as f64 * (step + STEP_RAMP).as_secs_f64();
     fewest.max((requests / PER_USER).ceil() as usize)
@@ -65,8 +65,9 @@ pub struct StepResult {
     pub achieved_rate: f64,
     pub p99_ms: f64,
     pub error_pct: f64,
-    /// How many of the errors were `429 Too Many Requests`: a rate limiter's refusals, not the
-    /// service falling behind.
+    /// `429 Too Many Requests` answers actually received: a rate limiter's refusals, not the
+    /// service falling behind. Real answers only, so not a share of `error_pct`, which counts
+    /// the failures Goose's coordinated-omission mitigation backfills too.
     pub refused: u64,
     pub held: bool,
 }
