@@ -357,10 +357,14 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
     let agree = !limited.is_empty() && disagree.is_empty();
     let passed = policy_ok && counts_down && t_ok && agree;
     let summary = if passed {
+        let retry: Vec<String> = limited.iter().filter_map(|(retry, _)| retry.map(|r| r.to_string())).collect();
         format!(
-            "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}",
+            "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}; t at most {interval} s \
+             on every admitted response, and equal to Retry-After on the first {} 429s ({} s)",
             policy.clone().unwrap_or_default(),
-            size - 1
+            size - 1,
+            limited.len(),
+            retry.join(", ")
         )
     } else {
         let mut problems = Vec::new();
