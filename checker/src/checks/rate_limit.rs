@@ -357,14 +357,24 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
     let agree = !limited.is_empty() && disagree.is_empty();
     let passed = policy_ok && counts_down && t_ok && agree;
     let summary = if passed {
-        let retry: Vec<String> = limited.iter().filter_map(|(retry, _)| retry.map(|r| r.to_string())).collect();
+        // Only a 429 with a Retry-After can be compared (its absence is ratelimit.burst's failure).
+        let compared: Vec<String> = limited.iter().filter_map(|(retry, _)| retry.map(|r| r.to_string())).collect();
+        let against_retry = match compared.len() {
+            0 => format!("t not compared: none of the first {} 429s had Retry-After", limited.len()),
+            n if n == limited.len() => {
+                format!("equal to Retry-After on the first {n} 429s ({} s)", compared.join(", "))
+            }
+            n => format!(
+                "equal to Retry-After on the {n} of the first {} 429s that had one ({} s)",
+                limited.len(),
+                compared.join(", ")
+            ),
+        };
         format!(
             "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}; t at most {interval} s \
-             on every admitted response, and equal to Retry-After on the first {} 429s ({} s)",
+             on every admitted response; {against_retry}",
             policy.clone().unwrap_or_default(),
             size - 1,
-            limited.len(),
-            retry.join(", ")
         )
     } else {
         let mut problems = Vec::new();
