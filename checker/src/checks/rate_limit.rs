@@ -360,19 +360,19 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
         // Only a 429 with a Retry-After can be compared (its absence is ratelimit.burst's failure).
         let compared: Vec<String> = limited.iter().filter_map(|(retry, _)| retry.map(|r| r.to_string())).collect();
         let against_retry = match compared.len() {
-            0 => format!("t not compared: none of the first {} 429s had Retry-After", limited.len()),
+            0 => format!("but not compared with Retry-After: none of the first {} 429s had one", limited.len()),
             n if n == limited.len() => {
-                format!("equal to Retry-After on the first {n} 429s ({} s)", compared.join(", "))
+                format!("and equal to Retry-After on the first {n} 429s ({} s)", compared.join(", "))
             }
             n => format!(
-                "equal to Retry-After on the {n} of the first {} 429s that had one ({} s)",
+                "and equal to Retry-After on the {n} of the first {} 429s that had one ({} s)",
                 limited.len(),
                 compared.join(", ")
             ),
         };
         format!(
             "RateLimit-Policy {} on every response; RateLimit remaining counts down from {}; t at most {interval} s \
-             on every admitted response; {against_retry}",
+             on every admitted response, {against_retry}",
             policy.clone().unwrap_or_default(),
             size - 1,
         )
