@@ -352,22 +352,21 @@ async fn headers(run: &Run<'_>) -> anyhow::Result<Check> {
     let t_admitted = Expectation::Between(1.0, interval);
     let t_ok = admitted_t.iter().all(|t| t.is_some_and(|t| t_admitted.holds(t as f64)));
     // Compared where the 429 has a Retry-After (its absence is ratelimit.burst's failure).
-    let disagree: Vec<(u64, Option<u64>)> =
-        limited.iter().filter_map(|&(retry, t)| retry.filter(|&r| t != Some(r)).map(|r| (r, t))).collect();
+    let compared: Vec<(u64, Option<u64>)> = limited.iter().filter_map(|&(retry, t)| retry.map(|r| (r, t))).collect();
+    let disagree: Vec<(u64, Option<u64>)> = compared.iter().copied().filter(|&(r, t)| t != Some(r)).collect();
     let agree = !limited.is_empty() && disagree.is_empty();
     let passed = policy_ok && counts_down && t_ok && agree;
     let summary = if passed {
-        // Only a 429 with a Retry-After can be compared (its absence is ratelimit.burst's failure).
-        let compared: Vec<String> = limited.iter().filter_map(|(retry, _)| retry.map(|r| r.to_string())).collect();
+        let retry: Vec<String> = compared.iter().map(|(r, _)| r.to_string()).collect();
         let against_retry = match compared.len() {
             0 => format!("but not compared with Retry-After: none of the first {} 429s had one", limited.len()),
             n if n == limited.len() => {
-                format!("and equal to Retry-After on the first {n} 429s ({} s)", compared.join(", "))
+                format!("and equal to Retry-After on the first {n} 429s ({} s)", retry.join(", "))
             }
             n => format!(
                 "and equal to Retry-After on the {n} of the first {} 429s that had one ({} s)",
                 limited.len(),
-                compared.join(", ")
+                retry.join(", ")
             ),
         };
         format!(
