@@ -9,9 +9,11 @@
 mod app_process;
 mod haproxy;
 mod postgres;
+pub mod prometheus;
 mod proxy;
 mod redis_cluster;
 mod redis_server;
+pub mod stats;
 
 pub use app_process::{AppProcess, Launch, StartFailure};
 pub use haproxy::{Backend, Haproxy};
@@ -49,11 +51,16 @@ pub struct Services {
     redis: Option<RedisServer>,
     /// The latency proxy, when one runs (see [`Services::proxy`]).
     proxy: Option<LatencyProxy>,
+    /// The proxy between the service and Redis (see [`Services::redis_proxy`]).
+    redis_proxy: LatencyProxy,
     /// Direct connection to Postgres: for migrations, seeding and measurement.
     pub database_url: String,
     /// The URL the *service* uses: through the latency proxy when one runs.
     pub service_database_url: String,
     pub redis_url: String,
+    /// The Redis URL the *service* uses: through a proxy that adds no delay, so the checker can
+    /// order concurrent requests' Redis replies (see [`LatencyProxy::lockstep`]).
+    pub service_redis_url: String,
     pub db_latency_ms: u64,
 }
 
@@ -85,13 +92,19 @@ impl Services {
             let url = replace_host_port(&database_url, &proxy.addr().to_string());
             (Some(proxy), url)
         };
+        let redis_upstream =
+            host_port(&redis_url).with_context(|| format!("cannot find host:port in REDIS_URL {redis_url}"))?;
+        let redis_proxy = LatencyProxy::start(redis_upstream, std::time::Duration::ZERO)?;
+        let service_redis_url = replace_host_port(&redis_url, &redis_proxy.addr().to_string());
         Ok(Self {
             postgres,
             redis,
             proxy,
+            redis_proxy,
             database_url,
             service_database_url,
             redis_url,
+            service_redis_url,
             db_latency_ms: options.db_latency_ms,
         })
     }
@@ -107,13 +120,19 @@ impl Services {
         self.proxy.as_ref()
     }
 
+    /// The proxy between the service and Redis.
+    pub fn redis_proxy(&self) -> &LatencyProxy {
+        &self.redis_proxy
+    }
+
     /// The PostgreSQL server started here, if any.
     pub fn owned_postgres(&mut self) -> Option<&mut Postgres> {
         self.postgres.as_mut()
     }
 }
 
-/// `host:port` of a `postgres://user@host:port/db` URL (port defaults to 5432).
+/// `host:port` of a `postgres://user@host:port/db` or `redis://host:port/` URL (the port
+/// defaults to the scheme's: 5432 or 6379).
 fn host_port(url: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let authority = rest.split(['/', '?']).next()?;
@@ -121,7 +140,8 @@ fn host_port(url: &str) -> Option<String> {
     if host_port.is_empty() {
         return None;
     }
-    Some(if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:5432") })
+    let default_port = if url.starts_with("redis") { 6379 } else { 5432 };
+    Some(if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:{default_port}") })
 }
 
 fn replace_host_port(url: &str, new: &str) -> String {

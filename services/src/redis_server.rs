@@ -46,6 +46,23 @@ impl RedisServer {
         }
     }
 
+    /// Freeze the server (SIGSTOP): connections stay open and commands are accepted, but nothing
+    /// is answered until [`Self::resume`], as when Redis hangs on a slow disk or a stalled VM.
+    pub fn pause(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Let a paused server go on (SIGCONT): it answers what it was sent meanwhile, in order.
+    pub fn resume(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
     /// Start (again) on the same port; data from before a stop is gone, as after a real restart.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
