@@ -12,10 +12,14 @@ pub const N_PLUS_ONE_STATEMENTS: i64 = 1 + DEFAULT_LIMIT;
 /// many (one JOIN: 1; posts, then all their authors in one batch: 2).
 pub const MAX_STATEMENTS_PER_REQUEST: i64 = 2;
 
-/// Cache-aside: how long a cached timeline may be served (new posts invalidate it at once; what
-/// may be stale this long is an author's name or avatar).
-pub const CACHE_TTL_SECS: u64 = 300;
-/// Random spread of each TTL, in percent, so keys filled together expire apart.
+/// The freshness the product asks for (docs/stage-2.md): an author's changed name or avatar shows
+/// within five minutes. New posts invalidate a cached timeline at once; what may be stale this
+/// long is an author's name or avatar, so no cached page may live longer.
+pub const MAX_STALENESS_SECS: u64 = 300;
+/// Cache-aside: the longest a cached timeline is kept: the freshness bound itself.
+pub const CACHE_TTL_SECS: u64 = MAX_STALENESS_SECS;
+/// Random spread of each TTL below that, in percent (10: 270..300 s), so keys filled together
+/// expire apart.
 pub const CACHE_TTL_JITTER_PCT: u64 = 10;
 /// The share of feed reads the cache must answer under a realistic read mix.
 pub const MIN_HIT_RATIO: f64 = 0.95;

@@ -23,14 +23,15 @@ use redis::AsyncCommands as _;
 /// Cache settings (flags and environment variables of the stage-2 and stage-3 binaries).
 #[derive(clap::Args, Debug, Clone)]
 pub struct CacheConfig {
-    /// How long a cached timeline may be served, in seconds. New posts never wait for it (the
+    /// The longest a cached timeline may be served, in seconds. New posts never wait for it (the
     /// write path invalidates); what can be stale for up to this long is an author's name or
-    /// avatar. See docs/walkthrough/stage-2.md for how 300 s was chosen.
+    /// avatar, which the product allows for five minutes. See docs/walkthrough/stage-2.md.
     #[arg(long, env = "CACHE_TTL_SECS", default_value_t = contract::CACHE_TTL_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_ttl_secs: u64,
 
-    /// Random spread of each TTL, in percent (10 → 270..330 s), so keys filled together do not
-    /// all expire in the same second and send their misses to Postgres at once.
+    /// Random spread of each TTL below CACHE_TTL_SECS, in percent (10 → 270..300 s), so keys
+    /// filled together do not all expire in the same second and send their misses to Postgres at
+    /// once.
     #[arg(long, env = "CACHE_TTL_JITTER_PCT", default_value_t = contract::CACHE_TTL_JITTER_PCT, value_parser = clap::value_parser!(u64).range(0..=50))]
     pub cache_ttl_jitter_pct: u64,
 }
@@ -42,11 +43,15 @@ impl Default for CacheConfig {
 }
 
 impl CacheConfig {
-    /// A TTL drawn uniformly from `ttl ± jitter%`.
+    /// A TTL drawn uniformly from `ttl × (1 − jitter%) ..= ttl`.
+    ///
+    /// THE TTL: the freshness bound is a maximum, so the jitter goes below it, never above: with
+    /// `300 ± 10 %`, a page could live 330 s and an author's new name show after five and a half
+    /// minutes, breaking the product's rule for a tenth of the keys.
     pub fn jittered_ttl(&self) -> Duration {
-        let base = self.cache_ttl_secs as f64;
-        let spread = base * self.cache_ttl_jitter_pct as f64 / 100.0;
-        let secs = if spread > 0.0 { rand::rng().random_range(base - spread..=base + spread) } else { base };
+        let most = self.cache_ttl_secs as f64;
+        let spread = most * self.cache_ttl_jitter_pct as f64 / 100.0;
+        let secs = if spread > 0.0 { rand::rng().random_range(most - spread..=most) } else { most };
         Duration::from_secs_f64(secs.max(1.0))
     }
 }
