@@ -44,10 +44,17 @@ impl Reply {
 
 impl Api {
     pub fn new(base_url: &str) -> Self {
+        Self::from_address(base_url, None)
+    }
+
+    /// A client whose connections leave from `local` (a loopback address such as 127.0.0.5): the
+    /// service sees requests from another peer address.
+    pub fn from_address(base_url: &str, local: Option<std::net::IpAddr>) -> Self {
         let http = reqwest::Client::builder()
             // A hang is a failure too: no request may take longer than this.
             .timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(128)
+            .local_address(local)
             .build()
             .expect("building an HTTP client");
         Self { http, base_url: base_url.trim_end_matches('/').to_owned() }

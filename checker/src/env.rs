@@ -86,7 +86,7 @@ impl KataEnv {
     }
 
     /// The environment an implementation is started with: the database through the latency
-    /// proxy, the checker's Redis (or its cluster: `REDIS_CLUSTER_NODES`, with `REDIS_URL` one of
+    /// proxy, the checker's Redis through its proxy (or its cluster: `REDIS_CLUSTER_NODES`, with `REDIS_URL` one of
     /// its nodes, since a service requires it), the secret its tokens are signed with.
     /// (`LISTEN_ADDR` is added per process.)
     pub fn app_env(&self) -> Vec<(String, String)> {
@@ -96,7 +96,7 @@ impl KataEnv {
         ];
         match &self.cluster {
             Some(cluster) => env.extend(cluster.service_env()),
-            None => env.push(("REDIS_URL".into(), self.services.redis_url.clone())),
+            None => env.push(("REDIS_URL".into(), self.services.service_redis_url.clone())),
         }
         env
     }
@@ -166,6 +166,11 @@ impl KataEnv {
             }
         }
         Ok(found)
+    }
+
+    /// Where the implementation's instances run: on one Redis, or on the checker's cluster.
+    pub fn topology(&self) -> crate::Topology {
+        if self.cluster.is_some() { crate::Topology::Cluster } else { crate::Topology::Single }
     }
 
     /// Whether the checker started the implementation's Redis (so it may stop it).

@@ -3,118 +3,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::registry::CheckId;
 use crate::{Implementation, KataEnv, StageId, Target};
-
-/// Hints per check, from a nudge (where to look, what to measure) to the precise fix. A failing
-/// check prints its evidence, not these: `cargo kata hint <check>` reveals one more each time.
-pub fn hints(check: &str) -> &'static [&'static str] {
-    match check {
-        "builds" => &[
-            "Read the compiler's first error only: later ones often follow from it.",
-            "`cargo build -p workbench` shows the same errors with full context; `cargo kata reset workbench` starts over (your files are kept aside).",
-        ],
-        "starts" => &[
-            "The service must listen on LISTEN_ADDR and answer GET /ready with 200 once Postgres and Redis answer. The evidence shows its last output.",
-            "Run it by hand with the checker's environment: `cargo kata up --serve none` prints what to export.",
-        ],
-        "feed.matches_oracle" | "equivalence.stage_0" => &[
-            "The evidence lists the users and page sizes where the response differs: compare your feed with the rules in docs/api.md.",
-            "Newest first by created_at; equal created_at: the larger id first. `limit` items at most; the timeline is the posts whose user_id is the caller.",
-            "The order must be `order by p.created_at desc, p.id desc`, and the filter `where p.user_id = $1`. Posts can share a created_at (the seed data has ties).",
-        ],
-        "feed.order_is_total" => &[
-            "The evidence shows the page your statement returns on a plan without index scans: compare it with the expected ids. Which posts swapped places?",
-            "Posts can share a created_at. An order by created_at alone leaves ties to the plan; through the index they happen to come out right.",
-            "Order by `created_at desc, id desc`: the id breaks every tie, on any plan.",
-        ],
-        "ratelimit.probes_unlimited" => &[
-            "Which routes does your limiter wrap? Probes and scrapers call /health, /ready and /metrics without a user, and often.",
-            "Apply the limiter as an api layer (`Stage::with_api_layer`): it then wraps /api/* only, inside authentication.",
-        ],
-        "errors.problem_json" => &[
-            "Every error is application/problem+json with title, status and detail; the evidence names the requests that were not.",
-            "Errors come from core's ApiError and Problem: return them instead of building responses by hand.",
-        ],
-        "posts.read_back" => &[
-            "A post is written by the caller (author_id from the token) onto the timeline of user_id, and shows first in that timeline's feed.",
-        ],
-        "queries_per_request" => &[
-            "Measure before you change anything: `cargo kata explain --stage workbench` shows the statements one burst of feed requests ran. Look at the calls column, not the mean.",
-            "Which statement runs once per post? Compare its calls with the number of requests, and see how the count changes with ?limit=5 and ?limit=100.",
-            "It is the author lookup in workbench/src/feed.rs: `post.author(&self.db)` inside the loop is one round trip to Postgres per post.",
-            "Ask for the authors in the same statement as the posts: `from posts p left join users u on p.author_id = u.id`, selecting u.id, u.name and u.avatar beside the post columns, into one flat row struct mapped into FeedItem { author: Author { .. } }. (Batch loading, `where id = any($1)`, passes too: 2 statements.)",
-        ],
-        "plan.uses_timeline_index" => &[
-            "Read the plan in the evidence from the innermost node out: how is posts read, and how many rows are removed or sorted to keep 20?",
-            "`EXPLAIN (ANALYZE, BUFFERS)` of the posts query at the medium profile (`cargo kata explain --stage workbench --profile medium`) shows the same thing at a size where it hurts.",
-            "The query filters by user_id and orders by created_at desc, id desc: an index with exactly those columns, in that order and direction, lets Postgres read the first N entries and stop.",
-            "Add workbench/migrations/0001_timeline_index.sql with `create index idx_posts_user_created on posts (user_id, created_at desc, id desc);` (lib.rs applies workbench/migrations at start). Keep `limit $2` in the statement.",
-        ],
-        "cache.hit_ratio" | "cache.warm_read_statements" => &[
-            "A repeated read of the same feed should not reach Postgres. The evidence shows how many did.",
-            "Wrap your feed source in a second FeedSource that holds it (a decorator): lib.rs builds `Stage::new(\"workbench\", YourCache::new(inner, ctx.redis, ..))`.",
-            "Cache-aside, one key per timeline: `HGET feed:v2:{user:ID} <limit>`; on a hit return those bytes from `feed_json` without touching Postgres; on a miss ask the inner source's `feed_json` and HSET the body under the page size, with `EXPIRE <ttl>` on the hash. (Caching the newest 100 items as one JSON value and slicing per request passes too; it costs more per hit.)",
-            "On a Redis Cluster (`--topology cluster`), CROSSSLOT in the summary means one command or script touched keys in different slots, so the cluster refused it: give a timeline's keys one hash tag, `feed:v2:{user:42}` and `feed:v2:{user:42}:lock:20` (docs/scale-out.md, \"Slots and hash tags\").",
-        ],
-        "cache.ttl_jitter" => &[
-            "How stale may a cached feed be? New posts are invalidated on write; only names and avatars can be stale until the TTL. Let that decide the TTL.",
-            "Keys filled at the same moment expire at the same moment, and their misses arrive together. The evidence shows the spread of the TTLs.",
-            "300 s, times a random factor between 0.9 and 1.1 per key (`SET … EX <ttl>`).",
-        ],
-        "cache.invalidation" => &[
-            "After a 201 from POST /api/posts, the owner's next read (any page size, any instance) must show the post first. Which cached entries still hold the old page?",
-            "Implement `timeline_changed` on your cache: the core calls it after every successful insert. Delete every entry that holds the owner's timeline (one key for all page sizes makes this one DEL).",
-        ],
-        "cache.race_fill_vs_post" => &[
-            "Replay it: a read misses and queries Postgres; before its reply arrives, a post commits and invalidates; then the read stores what it read. What is in the cache now?",
-            "A fill must only write if nothing invalidated the key since the fill began. Something the post deletes can tell the fill.",
-            "Take the stampede lock with a random token; invalidation deletes the value *and* the lock; the fill writes with a Lua script that SETs only if the lock still holds its token.",
-        ],
-        "cache.race_read_during_post" => &[
-            "Replay it: the post deletes the cached page, then inserts. A read in between misses and refills from Postgres. Which page does it store?",
-            "Invalidate after the insert has committed, never before: the core's `timeline_changed` hook runs after the insert.",
-        ],
-        "cache.stampede" => &[
-            "When a popular key is missing, how many requests recompute it at once? The evidence counts the statements for 120 concurrent reads of one cold feed.",
-            "Let one request recompute a missing key while the others wait for its value, across every instance (so the lock lives in Redis).",
-            "On a miss: `SET feed:v2:{user:ID}:lock:<limit> <token> NX PX 2000`. Whoever gets it recomputes; everyone else polls HGET every ~20 ms for up to a second, then reads Postgres.",
-        ],
-        "postgres_down" => &[
-            "With the database gone, what the service cannot answer it must refuse quickly and clearly: 503 with a problem body, not a hang, not a 500. And it must recover by itself.",
-            "Bound every wait on the database (a pool acquire timeout, a statement timeout) and map connection errors to 503; the core's ApiError does this for sqlx errors.",
-        ],
-        "redis_down" => &[
-            "The cache is an optimisation: with Redis stopped, the feed must still answer 200 from Postgres, and hits must come back when Redis does, without a restart.",
-            "Wrap each Redis call in `feed_core::app::redis_call` (a deadline) and treat any error as a miss: read the inner source, log and count it, never answer 5xx.",
-        ],
-        "ratelimit.burst" | "ratelimit.refill" => &[
-            "A token bucket: a burst up to its size, then a steady rate. The evidence shows how many of a burst were admitted, and how many a wait of a few seconds gave back.",
-            "Keep the bucket in Redis, per user: tokens and the time of the last update. Refill by elapsed × rate (capped at the size) on every request, then take one.",
-            "One Lua script does it atomically in one round trip: TIME, HMGET tokens/at, refill, take 1 if ≥ 1, HSET, PEXPIRE. Over the limit: 429, `Retry-After: <whole seconds ≥ 1>`, problem+json.",
-        ],
-        "cluster.failover" => &[
-            "A Redis Cluster master died and its replica took over. Meanwhile the cluster answers errors (CLUSTERDOWN, or a timeout), like a Redis outage: the feed must stay 200, and hits must come back on the promoted replica without a restart.",
-            "Treat every cluster error as a Redis error: the cache reads Postgres, the limiter follows RATE_LIMIT_ON_REDIS_ERROR. Use the redis crate's cluster client (it follows MOVED and refreshes its slot map), with the same per-call deadline as on one Redis.",
-        ],
-        "ratelimit.across_instances" => &[
-            "Several instances share one Redis. A limiter that counts in process memory gives each instance a bucket of its own.",
-            "Keep the bucket in Redis, keyed by the user id, so every instance charges the same one.",
-        ],
-        "ratelimit.isolation" => &[
-            "One user's burst must not cost anyone else a token, and a pro user gets a bigger bucket than a free one.",
-            "Key the bucket by the user id from the verified token; size it by `AuthUser::tier`: free 60 (60/min), pro 100 (600/min), internal exempt.",
-        ],
-        "ratelimit.spoofed_headers" => &[
-            "The burst changed X-Forwarded-For on every request. What does your limiter key on?",
-            "Take `feed_core::auth::AuthUser` as an argument of your middleware and key the bucket by its id. Never by an address or a header the client sends.",
-        ],
-        "ratelimit.headers" => &[
-            "Every limited /api response says the policy and where the caller stands: RateLimit-Policy and RateLimit (docs/api.md).",
-            "`RateLimit-Policy: \"free\";q=60;w=60` and `RateLimit: \"free\";r=<tokens left>;t=<seconds until the next token, rounded up>` on every response, 429s included; on a 429, `t` equals `Retry-After`.",
-        ],
-        _ => &[],
-    }
-}
 
 use crate::build::workspace;
 
@@ -124,10 +14,12 @@ pub fn state_dir() -> PathBuf {
     workspace().join(".kata")
 }
 
-/// The next hint for `check` (all of them so far), remembering how many were shown.
-pub fn next_hint(check: &str, reset: bool) -> anyhow::Result<String> {
-    let all = hints(check);
-    anyhow::ensure!(!all.is_empty(), "no hints for `{check}`; the check names are the ones `verify` prints");
+/// The next hint for `check` (all of them so far), remembering how many were shown. Hints live in
+/// the registry (checker/registry.toml), from a nudge (where to look, what to measure) to the
+/// precise fix; a failing check prints its evidence, not these.
+pub fn next_hint(check: CheckId, reset: bool) -> anyhow::Result<String> {
+    let all = check.hints();
+    anyhow::ensure!(!all.is_empty(), "no hints for `{check}`");
     let file = state_dir().join(format!("hints-{check}"));
     let shown: usize =
         if reset { 0 } else { std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0) };
@@ -148,12 +40,12 @@ pub fn next_hint(check: &str, reset: bool) -> anyhow::Result<String> {
 
 /// The workbench's first failing check, at `bar` or (None) from the lowest bar it fails. None:
 /// it fails none (a not-proven check is no failure to give hints for).
-pub async fn first_failing_check(env: &mut KataEnv, bar: Option<StageId>) -> anyhow::Result<Option<String>> {
+pub async fn first_failing_check(env: &mut KataEnv, bar: Option<StageId>) -> anyhow::Result<Option<CheckId>> {
     let bars = bar.map_or_else(|| vec![StageId::Stage1, StageId::Stage2, StageId::Stage3], |bar| vec![bar]);
     for bar in bars {
         let report = crate::checks::verify(env, bar, Target::Implementation(Implementation::Workbench)).await?;
         if let Some(check) = report.failed().next() {
-            return Ok(Some(check.name.clone()));
+            return Ok(Some(check.id));
         }
     }
     Ok(None)
@@ -170,7 +62,7 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
                 out,
                 "{:<8} -          (pass {} first)",
                 bar.name(),
-                next.as_ref().map_or("", |(b, _, _): &(StageId, String, String)| b.name())
+                next.as_ref().map_or("", |(b, _, _): &(StageId, CheckId, String)| b.name())
             );
             continue;
         }
@@ -183,10 +75,10 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
                 // Nothing failed, but something could not be measured here (the environment, not
                 // the workbench: services it does not own): not a pass, and no reason to stop.
                 let check = report.unresolved().next().expect("not proven means something unresolved");
-                let _ = writeln!(out, "{:<8} UNPROVEN   {}: {}", bar.name(), check.name, check.summary);
+                let _ = writeln!(out, "{:<8} UNPROVEN   {}: {}", bar.name(), check.name(), check.summary);
                 unproven = true;
             }
-            Some(check) if check.name == "builds" => {
+            Some(check) if check.id == CheckId::Builds => {
                 let _ = writeln!(out, "{:<8} -          workbench does not compile:", bar.name());
                 for line in check.evidence.as_deref().unwrap_or_default().lines() {
                     let _ = writeln!(out, "           {line}");
@@ -195,12 +87,8 @@ pub async fn status(env: &mut KataEnv) -> anyhow::Result<(String, bool)> {
                 return Ok((out, false));
             }
             Some(check) => {
-                let _ = writeln!(out, "{:<8} FAIL       {}: {}", bar.name(), check.name, check.summary);
-                next = Some((
-                    bar,
-                    check.name.clone(),
-                    check.doc.clone().unwrap_or_else(|| format!("docs/{}.md", bar.name())),
-                ));
+                let _ = writeln!(out, "{:<8} FAIL       {}: {}", bar.name(), check.name(), check.summary);
+                next = Some((bar, check.id, check.doc.clone().unwrap_or_else(|| bar.brief().to_owned())));
             }
         }
     }
@@ -289,16 +177,16 @@ async fn watch_once(env: &mut KataEnv, bars: &[StageId]) -> anyhow::Result<Strin
             passed = Some(bar);
             continue;
         };
-        let mut out = if check.name == "builds" {
+        let mut out = if check.id == CheckId::Builds {
             "workbench does not compile:".to_owned()
         } else {
-            format!("{}: {} — {}", bar.name(), check.name, check.summary)
+            format!("{}: {} — {}", bar.name(), check.name(), check.summary)
         };
         for line in check.evidence.as_deref().unwrap_or_default().lines() {
             let _ = write!(out, "\n  | {line}");
         }
         if let Some(doc) = &check.doc {
-            let _ = write!(out, "\n  read: {doc}   (`cargo kata hint {}` for a nudge)", check.name);
+            let _ = write!(out, "\n  read: {doc}   (`cargo kata hint {}` for a nudge)", check.name());
         }
         return Ok(out);
     }
@@ -449,12 +337,11 @@ mod tests {
 
     #[test]
     fn every_check_has_hints_from_a_nudge_to_the_fix() {
-        let mut names = vec!["builds", "starts"];
-        names.extend(crate::checks::planned(StageId::Stage3, true));
-        for name in names {
-            assert!(!hints(name).is_empty(), "{name} has no hints");
+        for id in CheckId::ALL {
+            assert!(!id.hints().is_empty(), "{id} has no hints");
         }
-        assert!(hints("queries_per_request").last().unwrap().contains("left join users"));
-        assert!(!hints("queries_per_request")[0].contains("join"), "the first hint is a nudge, not the fix");
+        let hints = CheckId::QueriesPerRequest.hints();
+        assert!(hints.last().unwrap().contains("left join users"));
+        assert!(!hints[0].contains("join"), "the first hint is a nudge, not the fix");
     }
 }

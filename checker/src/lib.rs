@@ -14,9 +14,11 @@ pub mod env;
 pub mod explain;
 pub mod learner;
 pub mod pgss;
+pub mod registry;
 pub mod report;
 pub mod target;
 
 pub use env::{EnvOptions, KataEnv};
+pub use registry::CheckId;
 pub use report::{Check, Report, Status, Verdict};
-pub use target::{Implementation, StageId, Target};
+pub use target::{Implementation, StageId, Target, Topology};

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use checker::{EnvOptions, Implementation, KataEnv, StageId, Target};
+use checker::{CheckId, EnvOptions, Implementation, KataEnv, StageId, Target, Topology};
 use clap::{Parser, Subcommand, ValueEnum};
 use feed_core::auth::Tier;
 use feed_core::seed::Profile;
@@ -106,8 +106,26 @@ enum Command {
         /// (docs/scale-out.md).
         #[arg(long, value_enum, default_value = "single")]
         topology: Topology,
+        /// Run only this check (repeat for more): quicker while you work on one. The report then
+        /// grades those checks, never the bar.
+        #[arg(long, value_name = "CHECK")]
+        only: Vec<CheckId>,
         #[command(flatten)]
         services: ServiceArgs,
+    },
+    /// The promises each brief makes and the checks that enforce them, from the checker's
+    /// registry: what `verify` runs, in order, and what each check measures.
+    Checks {
+        /// Only the promises and checks of this bar (default: every bar).
+        bar: Option<StageId>,
+        /// What to print.
+        #[arg(long, value_enum, default_value = "all")]
+        part: checker::registry::Part,
+        /// The scaled-out topology's promises and checks instead (docs/scale-out.md).
+        #[arg(long, value_enum, default_value = "single")]
+        topology: Topology,
+        #[arg(long, value_enum, default_value = "text")]
+        format: ChecksFormat,
     },
     /// Show the evidence on demand: top statements by calls after a burst of feed requests,
     /// and EXPLAIN (ANALYZE, BUFFERS) of each.
@@ -194,17 +212,16 @@ enum Serve {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Topology {
-    /// The implementation's instances share one Redis.
-    Single,
-    /// Three instances behind HAProxy, on a Redis Cluster.
-    Cluster,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     Text,
     Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ChecksFormat {
+    Text,
+    /// The tables the briefs show (written into docs/ by scripts/docs-capture).
+    Markdown,
 }
 
 #[tokio::main]
@@ -270,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 feed_core::auth::JwtKeys::new(&secret).mint(user, tier, std::time::Duration::from_secs(hours * 3600))
             );
         }
-        Command::Verify { stage, target, cmd, url, format, profile, topology, services } => {
+        Command::Verify { stage, target, cmd, url, format, profile, topology, only, services } => {
             anyhow::ensure!(
                 topology == Topology::Single || stage >= StageId::Stage2,
                 "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
@@ -304,17 +321,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
             }
             let mut env = KataEnv::start(EnvOptions { redis_cluster: cluster, ..services.options(profile) }).await?;
-            let report = checker::checks::verify(&mut env, stage, target).await?;
+            let report = checker::checks::verify_checks(&mut env, stage, target, &only).await?;
             match format {
                 Format::Text => print!("{}", report.to_text()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
             }
             return Ok(ExitCode::from(report.verdict.exit_code()));
         }
+        Command::Checks { bar, part, topology, format } => {
+            print!("{}", checker::registry::describe(bar, topology, part, format == ChecksFormat::Markdown));
+        }
         Command::Hint { check, restart, services } => {
             let bar = check.as_deref().and_then(|c| <StageId as ValueEnum>::from_str(c, true).ok());
             let check = match check {
-                Some(check) if bar.is_none() => check,
+                Some(check) if bar.is_none() => check.parse::<CheckId>().map_err(anyhow::Error::msg)?,
                 _ => {
                     eprintln!("grading workbench/ to find its first failing check…");
                     let mut env = KataEnv::start(small(&services)).await?;
@@ -329,7 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             };
-            print!("{}", checker::learner::next_hint(&check, restart)?);
+            print!("{}", checker::learner::next_hint(check, restart)?);
         }
         Command::Status { services } => {
             eprintln!("starting services and grading workbench/ against each bar…");
@@ -345,19 +365,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reset { what: _, yes } => return reset_workbench(yes),
         Command::Solution { bar } => {
-            let n = bar.name().trim_start_matches("stage-");
-            println!("You asked for the solution of {}:", bar.name());
-            println!("  the walkthrough: docs/walkthrough/{}.md", bar.name());
-            match bar {
-                StageId::Stage0 => {
-                    println!("  the diagnosis it explains: `cargo kata explain --stage 0 --profile medium`")
-                }
-                _ => println!(
-                    "  the code: stages/{} (`diff -r stages/stage-{} stages/{}`)",
-                    bar.name(),
-                    n.parse::<u8>().unwrap_or(1) - 1,
-                    bar.name()
-                ),
+            println!("You asked for the solution of {bar}:");
+            println!("  the walkthrough: docs/walkthrough/{bar}.md");
+            match bar.previous() {
+                None => println!("  the diagnosis it explains: `cargo kata explain --stage 0 --profile medium`"),
+                Some(before) => println!("  the code: stages/{bar} (`diff -r stages/{before} stages/{bar}`)"),
             }
         }
         Command::Diagnose { answers, target, profile, services } => {

@@ -7,6 +7,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::StageId;
+use crate::registry::{CheckId, registry};
+
 /// What became of one check. Only `Pass` counts towards a bar; nothing else is a pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,7 +102,10 @@ impl Serialize for Expectation {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
-    pub name: String,
+    #[serde(rename = "name")]
+    pub id: CheckId,
+    /// The promises it enforces (registry.toml), so a failure says which one is broken.
+    pub promises: &'static [String],
     pub status: Status,
     pub measured: Value,
     pub expected: Value,
@@ -108,50 +114,52 @@ pub struct Check {
     /// The raw evidence (statements and calls, headers seen, counts).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<String>,
+    /// Where to read when it fails: the registry's page for it, unless the check knows better.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc: Option<String>,
 }
 
 impl Check {
     pub fn new(
-        name: &str,
+        id: CheckId,
         passed: bool,
         measured: impl Serialize,
         expected: impl Serialize,
         summary: impl Into<String>,
     ) -> Self {
         Self {
-            name: name.to_owned(),
+            id,
+            promises: &id.def().promises,
             status: if passed { Status::Pass } else { Status::Fail },
             measured: serde_json::to_value(measured).unwrap_or(Value::Null),
             expected: serde_json::to_value(expected).unwrap_or(Value::Null),
             summary: summary.into(),
             evidence: None,
-            doc: None,
+            doc: (!passed).then(|| id.doc().to_owned()),
         }
     }
 
     /// A number held against its expectation: passes exactly when the expectation holds.
-    pub fn measure(name: &str, measured: f64, expected: Expectation, summary: impl Into<String>) -> Self {
-        Self::new(name, expected.holds(measured), measured, expected, summary)
+    pub fn measure(id: CheckId, measured: f64, expected: Expectation, summary: impl Into<String>) -> Self {
+        Self::new(id, expected.holds(measured), measured, expected, summary)
     }
 
-    fn with_status(name: &str, status: Status, why: impl Into<String>) -> Self {
-        Self { status, ..Self::new(name, false, Value::Null, Value::Null, why) }
+    fn with_status(id: CheckId, status: Status, why: impl Into<String>) -> Self {
+        Self { status, doc: None, ..Self::new(id, false, Value::Null, Value::Null, why) }
     }
 
     /// Cannot be measured against this target; `why` says what would prove it.
-    pub fn not_proven(name: &str, why: impl Into<String>) -> Self {
-        Self::with_status(name, Status::NotProven, why)
+    pub fn not_proven(id: CheckId, why: impl Into<String>) -> Self {
+        Self::with_status(id, Status::NotProven, why)
     }
 
     /// Its premise is absent; `why` names what is missing.
-    pub fn not_applicable(name: &str, why: impl Into<String>) -> Self {
-        Self::with_status(name, Status::NotApplicable, why)
+    pub fn not_applicable(id: CheckId, why: impl Into<String>) -> Self {
+        Self::with_status(id, Status::NotApplicable, why)
     }
 
-    pub fn not_run(name: &str, why: impl Into<String>) -> Self {
-        Self::with_status(name, Status::NotRun, why)
+    pub fn not_run(id: CheckId, why: impl Into<String>) -> Self {
+        Self::with_status(id, Status::NotRun, why)
     }
 
     pub fn passed(&self) -> bool {
@@ -159,8 +167,8 @@ impl Check {
     }
 
     /// A check that could not be measured because something went wrong on the way.
-    pub fn errored(name: &str, error: &anyhow::Error) -> Self {
-        Self::new(name, false, Value::Null, Value::Null, format!("could not measure: {error:#}"))
+    pub fn errored(id: CheckId, error: &anyhow::Error) -> Self {
+        Self::new(id, false, Value::Null, Value::Null, format!("could not measure: {error:#}"))
     }
 
     /// Evidence is kept for failed checks only: a pass needs none, and a failure needs all of it.
@@ -171,20 +179,25 @@ impl Check {
         self
     }
 
-    /// Where to read: shown only when the check fails. Hints are not printed with a failure; the
-    /// learner asks for them, one at a time (`cargo kata hint <check>`).
+    /// Read this instead of the registry's page, when it fails. Hints are not printed with a
+    /// failure; the learner asks for them, one at a time (`cargo kata hint <check>`).
     pub fn on_failure(mut self, doc: &str) -> Self {
         if self.status == Status::Fail {
             self.doc = Some(doc.to_owned());
         }
         self
     }
+
+    /// The name a learner reads.
+    pub fn name(&self) -> &'static str {
+        self.id.name()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The bar: `verify stage-N` runs the checks of stages 0..=N.
-    pub stage: String,
+    pub stage: StageId,
     pub target: String,
     /// How the target was named on the command line (`--target stage-1`, `--cmd "…"`, `--url …`).
     pub invocation: String,
@@ -198,12 +211,15 @@ pub struct Report {
     /// Diagnosis a senior would show: top statements, plans.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub diagnosis: Vec<String>,
+    /// Only some checks of the bar ran (`verify --only`): never a verdict on the bar.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 impl Report {
-    pub fn new(stage: &str, target: &str, invocation: &str) -> Self {
+    pub fn new(stage: StageId, target: &str, invocation: &str) -> Self {
         Self {
-            stage: stage.to_owned(),
+            stage,
             target: target.to_owned(),
             invocation: invocation.to_owned(),
             verdict: Verdict::Fail,
@@ -212,6 +228,7 @@ impl Report {
             metrics: BTreeMap::new(),
             environment: BTreeMap::new(),
             diagnosis: Vec::new(),
+            partial: false,
         }
     }
 
@@ -247,15 +264,18 @@ impl Report {
         let _ = writeln!(out, "cargo kata verify {} {}   ({})", self.stage, self.invocation, env.join(", "));
         out.push('\n');
         for check in &self.checks {
-            let _ = writeln!(out, "  {:<8}  {:<30} {}", check.status.mark(), check.name, check.summary);
+            let _ = writeln!(out, "  {:<8}  {:<30} {}", check.status.mark(), check.name(), check.summary);
             if check.status == Status::Fail {
                 if let Some(evidence) = &check.evidence {
                     for line in evidence.lines() {
                         let _ = writeln!(out, "          | {line}");
                     }
                 }
+                for promise in check.promises.iter().filter_map(|id| registry().promise(id)) {
+                    let _ = writeln!(out, "          broken: {} {}", promise.id, promise.text);
+                }
                 if let Some(doc) = &check.doc {
-                    let _ = writeln!(out, "          read: {doc}   hints: `cargo kata hint {}`", check.name);
+                    let _ = writeln!(out, "          read: {doc}   hints: `cargo kata hint {}`", check.name());
                 }
             }
         }
@@ -276,13 +296,23 @@ impl Report {
         let failed = self.failed().count();
         let unresolved = self.unresolved().count();
         let total = self.checks.len();
+        if self.partial {
+            let _ = writeln!(
+                out,
+                "{}: {} of the {total} checks run passed, {failed} failed. Only some of the bar's checks ran (--only): \
+                 run without it for the bar's verdict.",
+                self.stage,
+                total - failed - unresolved,
+            );
+            return out;
+        }
         match self.verdict {
             Verdict::Pass => {
-                let _ = writeln!(out, "{}: all {total} checks passed. {}", self.stage, after_pass(&self.stage));
+                let _ = writeln!(out, "{}: all {total} checks passed. {}", self.stage, after_pass(self.stage));
             }
             Verdict::Fail => {
                 let first_failed = self.failed().next();
-                let check = first_failed.map_or("", |c| c.name.as_str());
+                let check = first_failed.map_or("", Check::name);
                 let read =
                     first_failed.and_then(|c| c.doc.as_deref()).map_or(String::new(), |doc| format!("read {doc}, or "));
                 let others =
@@ -310,13 +340,11 @@ impl Report {
 /// What a learner gets once a bar passes: the walkthrough of the reference fix, which no brief
 /// links to before (the solution is offered, not shown on the way). Stage-0's bar is the shipped
 /// service, which passes from the start: its next step is a diagnosis, not an answer.
-pub fn after_pass(stage: &str) -> String {
-    match stage.strip_prefix("stage-").and_then(|n| n.parse::<u8>().ok()) {
-        Some(0) | None => "Next: say why it is slow, `cargo kata diagnose --help` (docs/stage-0.md).".to_owned(),
-        Some(n) => format!(
-            "The reference fix, explained: docs/walkthrough/stage-{n}.md; its code: \
-             `diff -r stages/stage-{} stages/stage-{n}`.",
-            n - 1
+pub fn after_pass(bar: StageId) -> String {
+    match bar.previous() {
+        None => "Next: say why it is slow, `cargo kata diagnose --help` (docs/stage-0.md).".to_owned(),
+        Some(before) => format!(
+            "The reference fix, explained: docs/walkthrough/{bar}.md; its code: `diff -r stages/{before} stages/{bar}`."
         ),
     }
 }

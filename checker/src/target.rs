@@ -1,8 +1,8 @@
 //! What is being verified: a stage or the workbench (built and started by the checker), any
 //! command (started by the checker), or a service somebody else runs (by URL).
 
-/// The reference stages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+/// The reference stages, and the bars named after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum StageId {
     #[value(name = "stage-0", alias = "0")]
     #[serde(rename = "stage-0")]
@@ -24,6 +24,27 @@ impl StageId {
     pub fn name(self) -> &'static str {
         ["stage-0", "stage-1", "stage-2", "stage-3"][self as usize]
     }
+
+    /// The brief of this bar.
+    pub fn brief(self) -> &'static str {
+        ["docs/stage-0.md", "docs/stage-1.md", "docs/stage-2.md", "docs/stage-3.md"][self as usize]
+    }
+
+    /// The bar below, whose reference this bar's fix starts from (`None` for stage-0).
+    pub fn previous(self) -> Option<Self> {
+        (self as usize).checked_sub(1).map(|n| Self::ALL[n])
+    }
+}
+
+/// Where the implementation's instances run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topology {
+    /// The instances share one Redis.
+    #[default]
+    Single,
+    /// Three instances behind HAProxy, on a Redis Cluster.
+    Cluster,
 }
 
 impl std::fmt::Display for StageId {

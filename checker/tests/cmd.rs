@@ -18,7 +18,7 @@ async fn verify_cmd(bar: StageId, command: &str, ready_timeout: Duration) -> Rep
 }
 
 fn check<'r>(report: &'r Report, name: &str) -> &'r checker::Check {
-    report.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}"))
+    report.checks.iter().find(|c| c.name() == name).unwrap_or_else(|| panic!("no check {name}"))
 }
 
 /// Only `starts` failed, with `evidence`, and every planned check is reported as not run.
@@ -30,9 +30,10 @@ fn assert_failed_to_start(report: &Report, bar: StageId, evidence: &[&str]) {
     for needle in evidence {
         assert!(text.contains(needle), "{needle:?} not in the evidence:\n{text}");
     }
-    let not_run: Vec<&str> =
-        report.checks.iter().filter(|c| c.status == Status::NotRun).map(|c| c.name.as_str()).collect();
-    assert_eq!(not_run, checker::checks::planned(bar, false));
+    let not_run: Vec<&str> = report.checks.iter().filter(|c| c.status == Status::NotRun).map(|c| c.name()).collect();
+    let planned: Vec<&str> =
+        checker::registry::planned(bar, checker::Topology::Single).iter().map(|c| c.name()).collect();
+    assert_eq!(not_run, planned);
 }
 
 /// No process whose command line contains `marker` is left running.
@@ -129,10 +130,10 @@ async fn the_python_implementation_passes_stage_1_and_fails_stage_2_on_the_cache
     assert_eq!(one.verdict, Verdict::Pass, "{}", one.to_text());
 
     let two = verify_cmd(StageId::Stage2, &command, ready).await;
-    let failed: Vec<&str> = two.failed().map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = two.failed().map(|c| c.name()).collect();
     assert_eq!(failed, ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede"]);
     let not_applicable: Vec<&str> =
-        two.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name.as_str()).collect();
+        two.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name()).collect();
     assert_eq!(
         not_applicable,
         ["cache.invalidation", "cache.race_fill_vs_post", "cache.race_read_during_post", "redis_down"]

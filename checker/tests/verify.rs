@@ -18,9 +18,9 @@ async fn verify(bar: StageId, target: Implementation) -> Report {
 
 /// Every report lists `builds`, `starts` and then each planned check of its bar, in order.
 fn assert_all_checks_ran(report: &Report, bar: StageId) {
-    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name()).collect();
     let mut planned = vec!["builds", "starts"];
-    planned.extend(checker::checks::planned(bar, false));
+    planned.extend(checker::registry::planned(bar, checker::Topology::Single).iter().map(|c| c.name()));
     assert_eq!(names, planned);
 }
 
@@ -84,7 +84,7 @@ async fn stage_1_makes_one_statement_using_the_timeline_index() {
     assert!(report.passed, "{}", report.to_text());
     assert_all_checks_ran(&report, StageId::Stage1);
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
-    let plan = report.checks.iter().find(|c| c.name == "plan.uses_timeline_index").expect("plan check ran");
+    let plan = report.checks.iter().find(|c| c.name() == "plan.uses_timeline_index").expect("plan check ran");
     insta::assert_yaml_snapshot!("stage_1_plan_shape", plan.measured["shape"]);
     assert_report_snapshot!("stage_1_report", report);
 }
@@ -93,7 +93,7 @@ async fn stage_1_makes_one_statement_using_the_timeline_index() {
 async fn stage_1_bar_fails_stage_0_on_the_n_plus_one_and_the_missing_index() {
     let report = verify(StageId::Stage1, Implementation::Stage0).await;
     assert!(!report.passed);
-    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = report.failed().map(|c| c.name()).collect();
     // Two causes to find: 21 statements, and a posts query without its index (Seq Scan + Sort).
     assert_eq!(failed, ["queries_per_request", "plan.uses_timeline_index"]);
     let check = report.failed().next().unwrap();
@@ -118,7 +118,7 @@ async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     assert!(metric(&report, "hit_ratio") >= 0.95);
     assert_eq!(metric(&report, "stampede_statements"), 1.0);
-    let warm = report.checks.iter().find(|c| c.name == "cache.warm_read_statements").unwrap();
+    let warm = report.checks.iter().find(|c| c.name() == "cache.warm_read_statements").unwrap();
     assert_eq!(warm.measured, 0.0);
     assert_report_snapshot!("stage_2_report", report);
 }
@@ -126,11 +126,11 @@ async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
     let report = verify(StageId::Stage2, Implementation::Stage1).await;
-    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = report.failed().map(|c| c.name()).collect();
     assert_eq!(failed, ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede"]);
     // Without a cache, "the next read shows the post" proves nothing: not applicable, not passed.
     let not_applicable: Vec<&str> =
-        report.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name.as_str()).collect();
+        report.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name()).collect();
     assert_eq!(
         not_applicable,
         ["cache.invalidation", "cache.race_fill_vs_post", "cache.race_read_during_post", "redis_down"]
@@ -162,9 +162,9 @@ async fn stage_3_passes_on_a_redis_cluster_behind_a_balancer_through_a_failover(
     let target = Target::Implementation(Implementation::Stage3);
     let report = checker::checks::verify(&mut env, StageId::Stage3, target).await.expect("verify runs");
     assert!(report.passed, "{}", report.to_text());
-    let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = report.checks.iter().map(|c| c.name()).collect();
     let mut planned = vec!["builds", "starts"];
-    planned.extend(checker::checks::planned(StageId::Stage3, true));
+    planned.extend(checker::registry::planned(StageId::Stage3, checker::Topology::Cluster).iter().map(|c| c.name()));
     assert_eq!(names, planned);
     let text = report.to_text();
     assert!(text.contains("3 instance(s) ready") && text.contains("behind HAProxy"), "{text}");
@@ -180,7 +180,7 @@ async fn stage_3_passes_on_a_redis_cluster_behind_a_balancer_through_a_failover(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_3_bar_fails_stage_2_on_the_rate_limit_checks_only() {
     let report = verify(StageId::Stage3, Implementation::Stage2).await;
-    let failed: Vec<&str> = report.failed().map(|c| c.name.as_str()).collect();
+    let failed: Vec<&str> = report.failed().map(|c| c.name()).collect();
     assert_eq!(
         failed,
         [
@@ -204,7 +204,7 @@ async fn any_implementation_is_graded_by_url_alone() {
     let report = checker::checks::verify(&mut env, StageId::Stage2, target).await.unwrap();
     assert_eq!(report.failed().count(), 0, "{}", report.to_text());
     // What needs the process in hand is not proven, and so neither is the bar: never a pass.
-    let unproven: Vec<&str> = report.unresolved().map(|c| c.name.as_str()).collect();
+    let unproven: Vec<&str> = report.unresolved().map(|c| c.name()).collect();
     assert_eq!(unproven, ["cache.race_fill_vs_post", "redis_down", "postgres_down"]);
     assert_eq!(report.verdict, Verdict::NotProven);
     assert_eq!(report.verdict.exit_code(), 3);

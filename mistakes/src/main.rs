@@ -2,6 +2,9 @@
 //! `checker verify` can be shown to fail it. `mistakes --list` prints the catalogue.
 
 mod cache;
+mod clock_bucket;
+mod contract;
+mod generation_cache;
 mod join;
 mod limiter;
 mod mistake;
@@ -29,10 +32,15 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     // Answered before the settings are read: listing needs no database.
     if std::env::args().skip(1).any(|arg| arg == "--list") {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
         for mistake in Mistake::value_variants() {
             let value = mistake.to_possible_value().expect("no variant is skipped");
             let help = value.get_help().map(ToString::to_string).unwrap_or_default();
-            println!("{:<26} {}  {help}", value.get_name(), mistake.bar());
+            // `mistakes --list | head`: a reader that has seen enough closes the pipe; stop quietly.
+            if writeln!(out, "{:<28} {}  {help}", value.get_name(), mistake.bar()).is_err() {
+                break;
+            }
         }
         return Ok(());
     }

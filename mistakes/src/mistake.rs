@@ -7,8 +7,10 @@ use stage_2::CacheConfig;
 use stage_3::RateLimitConfig;
 
 use crate::cache::{LearnerCache, invalidate_first};
+use crate::generation_cache::invalidate_callers_feed;
 use crate::join::{self, LearnerJoin};
 use crate::limiter::{LearnerLimiter, rate_limit};
+use crate::{clock_bucket, contract, generation_cache};
 
 /// One wrong (or, for `batch-authors`, differently right) solution. Each doc comment says what
 /// the learner did, why it is wrong, and what a user of the service would see.
@@ -42,6 +44,14 @@ pub enum Mistake {
     /// statements whatever the page size; the same JSON. It must pass stage-1.
     #[value(help = "NOT a mistake: posts, then their authors in one `any($1)` query (2 statements); must pass stage-1")]
     BatchAuthors,
+    /// A `limit` outside 1..=100 is clamped into it instead of refused with 400 ("be liberal in
+    /// what you accept"). A client that asked for 500 items gets 100 and no error.
+    #[value(help = "a limit outside 1..=100 is clamped instead of refused with 400")]
+    LimitClamped,
+    /// A feed that cannot be read is answered as an empty feed ("never show users an error"). With
+    /// Postgres down every user is told, with a 200, that nobody posted to them.
+    #[value(help = "a database error is answered as an empty feed (200) instead of 503")]
+    EmptyFeedOnDbError,
 
     // The stage-2 bar: the cache.
     /// Stage-2 with `CACHE_TTL_JITTER_PCT=0`: every entry lives exactly 300 s. Keys filled
@@ -92,8 +102,46 @@ pub enum Mistake {
     /// that user's timeline until it expires. A data leak, not just a stale page.
     #[value(help = "one global key feed:v1: every user is served the first reader's feed")]
     KeyWithoutUser,
-    /// The cache's keys without a hash tag (`feed:v1:user:42` and `feed:v1:user:42:lock`), in
-    /// front of the reference limiter. On one Redis nothing is wrong. On a Redis Cluster the two
+    // The stage-2 bar, a second learner's cache (generation_cache.rs), written from the brief.
+    /// NOT a mistake: one string per page, a generation counter per timeline bumped by a post, a
+    /// lock per page (`SET NX PX`) released after the fill, TTLs of 270 to 300 s. It must pass
+    /// stage-2.
+    #[value(help = "NOT a mistake: a cache with a page per key and a generation per timeline; must pass stage-2")]
+    GenerationCache,
+    /// The page lock is taken with `SET NX` and no expiry, and released after the fill. When a
+    /// fill fails (Postgres unreachable for a second), its lock stays for ever: every later read
+    /// of that page waits a second for a value that never comes, then reads Postgres, until a
+    /// post bumps the timeline.
+    #[value(help = "a page lock without expiry: a failed fill leaves it, and the page is never cached again")]
+    LockWithoutExpiry,
+    /// The lock is taken in two commands: `GET` it, and `SET` it if nobody holds it. Requests
+    /// that miss together all see it free, all take it, and all read Postgres.
+    #[value(help = "the lock is read, then set if free: concurrent misses all take it")]
+    CheckThenSetLock,
+    /// One lock per timeline while pages are cached per page size. A cold read of one page
+    /// waits for the fill of another, which never stores what it waits for: a second, then
+    /// Postgres.
+    #[value(help = "one lock per timeline: a cold read of one page waits for another page's fill")]
+    LockPerTimeline,
+    /// A hit renews the page's TTL (`GETEX … EX`): "hot keys should not expire". A feed read
+    /// every few minutes is never refreshed, and an author's new name never reaches it.
+    #[value(help = "a hit renews the TTL (GETEX): a page read often never expires")]
+    TtlRefreshOnHit,
+    /// TTLs of 300 s ± 10 %: up to 330 s, half a minute past the five minutes the product
+    /// allows for an author's change.
+    #[value(help = "TTL 300 s ± 10 %: pages live up to 330 s, past the five-minute bound")]
+    TtlPlusJitter,
+    /// The cache's Redis client has no response timeout. A Redis that hangs (a stalled VM, a
+    /// slow disk) holds every feed request for as long as it hangs.
+    #[value(help = "Redis calls without a timeout: a hung Redis hangs every feed read")]
+    NoRedisTimeout,
+    /// "When I post, my feed changes": a post invalidates the caller's own timeline, not the one
+    /// it was written to. Posting to somebody else's timeline leaves their cached feed stale.
+    #[value(help = "a post invalidates the author's timeline, not the owner's")]
+    InvalidateAuthorNotOwner,
+
+    /// The cache's keys without a hash tag (`feed:v1:user:42` and `feed:v1:user:42:lock`). On
+    /// one Redis nothing is wrong. On a Redis Cluster the two
     /// keys hash to different slots, so the fill script, which touches both, is refused with
     /// CROSSSLOT: nothing is ever cached. (The DEL on a post still works: the cluster client
     /// splits it per slot.) Graded with `--topology cluster`.
@@ -149,6 +197,59 @@ pub enum Mistake {
         help = "a Redis error in the limiter answers 500 instead of failing open"
     )]
     LimiterRedisError500,
+
+    // The stage-3 bar, a second learner's limiter (clock_bucket.rs), written from the brief.
+    /// NOT a mistake: a token bucket per user in a Redis hash, refilled by a Lua script from the
+    /// service's clock. It must pass stage-3.
+    #[value(help = "NOT a mistake: a bucket per user, refilled from the service's clock; must pass stage-3")]
+    ClockBucket,
+    /// The bucket is keyed by the bearer token ("the token names the session"). A user gets a
+    /// new token at every login, and with it a full bucket: a script that logs in again is never
+    /// limited.
+    #[value(help = "the bucket is keyed by the bearer token: every new login gets a full bucket")]
+    BucketByToken,
+    /// The bucket is keyed by the user and the address they call from ("per device"). A client
+    /// that spreads its requests over addresses gets a bucket per address.
+    #[value(help = "the bucket is keyed by user and peer address: a bucket per address")]
+    BucketPerDevice,
+    /// A bucket per user and route (`GET /api/feed`, `POST /api/posts`): a budget per endpoint.
+    /// The user's budget is then the sum over the routes.
+    #[value(help = "a bucket per user and route: the budget multiplied by the routes")]
+    BucketPerRoute,
+    /// Only `GET /api/feed` is limited ("the feed is what gets hammered"). A loop of
+    /// `POST /api/posts`, which writes and invalidates a cached timeline each time, is not.
+    #[value(help = "only GET /api/feed is limited: posts are not")]
+    LimitFeedOnly,
+    /// The limiter runs before authentication and charges the user the token's payload names,
+    /// without checking its signature. Anyone can spend anyone's budget with forged tokens that
+    /// are then refused with 401.
+    #[value(
+        help = "the limiter runs before authentication, on the unverified token: forged tokens spend a user's budget"
+    )]
+    LimitBeforeAuth,
+    /// The refill is rounded down to whole tokens, and the bucket's clock moves to now on every
+    /// request. A client that asks more often than once per token never gets one back.
+    #[value(
+        help = "whole-token refill with the clock reset: a client asking faster than the rate is never admitted again"
+    )]
+    WholeTokenRefill,
+    /// A refused request costs a token too ("every request costs one"). The bucket goes into
+    /// debt: a client that keeps retrying never gets out of it, and the Retry-After it was given
+    /// is a lie.
+    #[value(help = "a refused request is charged too: retries put the bucket into debt")]
+    RefusedRequestsSpend,
+    /// `internal` callers get the pro bucket ("our jobs get the biggest one"). The kata's own
+    /// batch jobs and health checkers with an internal token are cut at 100.
+    #[value(help = "the internal tier gets the pro bucket instead of no limit")]
+    InternalAsPro,
+    /// A Redis error always lets the request through, whatever `RATE_LIMIT_ON_REDIS_ERROR` says:
+    /// `closed`, chosen to protect the database, does nothing.
+    #[value(help = "RATE_LIMIT_ON_REDIS_ERROR=closed is ignored: a Redis error always admits")]
+    IgnoresFailClosed,
+    /// The limiter's Redis client has no response timeout: a hung Redis holds every limited
+    /// request for as long as it hangs.
+    #[value(help = "limiter Redis calls without a timeout: a hung Redis hangs every request")]
+    LimiterNoTimeout,
 }
 
 /// Settings a mistake may reuse, as the stage binaries read them.
@@ -162,7 +263,16 @@ impl Mistake {
     pub fn bar(self) -> &'static str {
         use Mistake::*;
         match self {
-            NoTieBreaker | TimelineByAuthor | CutInRust | JoinWithoutIndex | BatchAuthors => "stage-1",
+            NoTieBreaker | TimelineByAuthor | CutInRust | JoinWithoutIndex | BatchAuthors | LimitClamped
+            | EmptyFeedOnDbError => "stage-1",
+            GenerationCache
+            | LockWithoutExpiry
+            | CheckThenSetLock
+            | LockPerTimeline
+            | TtlRefreshOnHit
+            | TtlPlusJitter
+            | NoRedisTimeout
+            | InvalidateAuthorNotOwner => "stage-2",
             TtlWithoutJitter
             | TtlOneDay
             | NoTtl
@@ -172,9 +282,14 @@ impl Mistake {
             | NoStampedeLock
             | RedisError500
             | KeyPerLimit
-            | KeyWithoutUser => "stage-2",
+            | KeyWithoutUser
+            | KeysWithoutHashTags => "stage-2",
             BucketByPeerIp | BucketByForwardedFor | BucketInMemory | GetThenSet | FixedWindow | NoRetryAfter
-            | TUntilFull | LimitHealthToo | LimiterRedisError500 | KeysWithoutHashTags => "stage-3",
+            | TUntilFull | LimitHealthToo | LimiterRedisError500 => "stage-3",
+            ClockBucket | BucketByToken | BucketPerDevice | BucketPerRoute | LimitFeedOnly | LimitBeforeAuth
+            | WholeTokenRefill | RefusedRequestsSpend | InternalAsPro | IgnoresFailClosed | LimiterNoTimeout => {
+                "stage-3"
+            }
         }
     }
 
@@ -190,6 +305,19 @@ impl Mistake {
             NoTieBreaker | TimelineByAuthor | CutInRust => Stage::new(NAME, LearnerJoin::new(ctx.db, self)),
             JoinWithoutIndex => Stage::new(NAME, stage_1::PostsWithAuthors::new(ctx.db)),
             BatchAuthors => Stage::new(NAME, join::BatchAuthors::new(ctx.db)),
+            LimitClamped => {
+                Stage::new(NAME, stage_1::PostsWithAuthors::new(ctx.db)).with_api_layer(contract::clamp_limits)
+            }
+            EmptyFeedOnDbError => Stage::new(NAME, contract::EmptyOnError::new(ctx.db)),
+            GenerationCache | LockWithoutExpiry | CheckThenSetLock | LockPerTimeline | TtlRefreshOnHit
+            | TtlPlusJitter | NoRedisTimeout => {
+                Stage::new(NAME, generation_cache::GenerationCache::new(&ctx, cache, self)?)
+            }
+            InvalidateAuthorNotOwner => {
+                let layer = generation_cache::GenerationCache::new(&ctx, cache.clone(), self)?;
+                Stage::new(NAME, generation_cache::GenerationCache::new(&ctx, cache, self)?)
+                    .with_api_layer(move |api| invalidate_callers_feed(api, layer))
+            }
             TtlWithoutJitter => stage_2::stage(ctx, CacheConfig { cache_ttl_jitter_pct: 0, ..cache }).await?,
             TtlOneDay => stage_2::stage(ctx, CacheConfig { cache_ttl_secs: 86_400, ..cache }).await?,
             InvalidateBeforeInsert => {
@@ -199,10 +327,7 @@ impl Mistake {
             }
             NoTtl | NoInvalidation | FillWithoutLockCheck | NoStampedeLock | RedisError500 | KeyPerLimit
             | KeyWithoutUser => Stage::new(NAME, LearnerCache::new(&ctx, cache, self)),
-            KeysWithoutHashTags => {
-                let cached = Stage::new(NAME, LearnerCache::new(&ctx, cache, self));
-                stage_3::limited(cached, ctx.redis.clone(), limits)
-            }
+            KeysWithoutHashTags => Stage::new(NAME, LearnerCache::new(&ctx, cache, self)),
             BucketByPeerIp | BucketByForwardedFor | BucketInMemory | GetThenSet | FixedWindow | NoRetryAfter
             | TUntilFull | LimitHealthToo | LimiterRedisError500 => {
                 let limiter = Arc::new(LearnerLimiter::new(ctx.redis.clone(), limits, &ctx.config.jwt_secret, self));
@@ -210,6 +335,17 @@ impl Mistake {
                     move |routes: axum::Router| routes.layer(axum::middleware::from_fn_with_state(limiter, rate_limit));
                 let stage = Stage::new(NAME, stage_2::cached_feed(ctx, cache).await?);
                 if self == LimitHealthToo { stage.with_app_layer(layer) } else { stage.with_api_layer(layer) }
+            }
+            ClockBucket | BucketByToken | BucketPerDevice | BucketPerRoute | LimitFeedOnly | LimitBeforeAuth
+            | WholeTokenRefill | RefusedRequestsSpend | InternalAsPro | IgnoresFailClosed | LimiterNoTimeout => {
+                let bucket = Arc::new(clock_bucket::ClockBucket::new(&ctx, limits, self)?);
+                let layer = move |routes: axum::Router| {
+                    routes.layer(axum::middleware::from_fn_with_state(bucket, clock_bucket::limit))
+                };
+                let stage = Stage::new(NAME, stage_2::cached_feed(ctx, cache).await?);
+                // limit-before-auth: around the whole app, outside authentication (it lets
+                // everything but /api through).
+                if self == LimitBeforeAuth { stage.with_app_layer(layer) } else { stage.with_api_layer(layer) }
             }
         })
     }

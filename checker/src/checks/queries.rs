@@ -10,6 +10,7 @@ use feed_core::contract;
 use super::{Run, describe, normalise, percentiles};
 use crate::explain::{PlanNode, explain, shape};
 use crate::pgss::{self, Statement};
+use crate::registry::CheckId;
 use crate::report::{Check, Expectation, Report};
 use crate::{Implementation, StageId};
 
@@ -17,24 +18,6 @@ use crate::{Implementation, StageId};
 const REQUESTS: usize = 5;
 /// The page sizes statements per request are measured at: a fix must not grow with them.
 const PAGE_SIZES: [i64; 3] = [5, 20, 100];
-
-pub async fn run(run: &mut Run<'_>, report: &mut Report) {
-    let before = report.checks.len();
-    if let Err(e) = measure(run, report).await {
-        // Whatever was not reported yet: the headline as errored, the plan checks as not run.
-        let reported: Vec<String> = report.checks[before..].iter().map(|c| c.name.clone()).collect();
-        if !reported.iter().any(|n| n == "queries_per_request") {
-            report.push(Check::errored("queries_per_request", &e));
-        }
-        if run.bar >= StageId::Stage1 {
-            for name in ["plan.uses_timeline_index", "feed.order_is_total"] {
-                if !reported.iter().any(|n| n == name) {
-                    report.push(Check::not_run(name, "statements per request could not be measured"));
-                }
-            }
-        }
-    }
-}
 
 /// The statements the service ran for `users`' feeds (one request each, `query` as the query
 /// string), and the latencies.
@@ -56,14 +39,30 @@ async fn window(run: &Run<'_>, users: &[i64], query: &str) -> anyhow::Result<(Ve
     Ok((pgss::delta(&before, &after), latencies))
 }
 
-async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
+/// The statement that read posts during a feed request, and the user whose page it read.
+fn feed_statement(statements: &[Statement], user: i64) -> Option<(Statement, i64)> {
+    statements.iter().find(|s| s.query.to_lowercase().contains("posts")).map(|s| (s.clone(), user))
+}
+
+/// The feed statement `queries_per_request` saw, or (when it did not run) one cold read's.
+async fn the_feed_statement(run: &mut Run<'_>) -> anyhow::Result<Option<(Statement, i64)>> {
+    if run.feed_statement.is_none() {
+        run.env.flush_redis().await?;
+        let users = run.users.timelines(1)?;
+        let (statements, _) = window(run, &users, "").await?;
+        run.feed_statement = feed_statement(&statements, users[0]);
+    }
+    Ok(run.feed_statement.clone())
+}
+
+pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
     // Cold caches: at stage-2 and later the statement count of a *miss* is what is measured here.
     run.env.flush_redis().await?;
     // Every page size on timelines of its own, so no request is answered from an earlier one's cache.
     let mut per_size = Vec::new();
     let mut default_page = None;
-    for (i, size) in PAGE_SIZES.into_iter().enumerate() {
-        let users = run.users.full(10 + i * REQUESTS, REQUESTS).to_vec();
+    for size in PAGE_SIZES {
+        let users = run.users.timelines(REQUESTS)?;
         let (statements, latencies) = window(run, &users, &format!("limit={size}")).await?;
         per_size.push((size, pgss::total_calls(&statements) as f64 / REQUESTS as f64));
         if size == feed_core::api::DEFAULT_LIMIT {
@@ -71,6 +70,7 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
         }
     }
     let (users, statements, latencies) = default_page.expect("the default page size is measured");
+    run.feed_statement = feed_statement(&statements, users[0]);
     let per_request = per_size.iter().find(|(size, _)| *size == feed_core::api::DEFAULT_LIMIT).map_or(0.0, |p| p.1);
     let edge_users: Vec<i64> = run.users.short[2..].iter().chain(&run.users.empty[1..]).copied().collect();
     let (edge_statements, _) = window(run, &edge_users, "").await?;
@@ -96,7 +96,7 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" + ");
         Check::measure(
-            "queries_per_request",
+            CheckId::QueriesPerRequest,
             per_request,
             expected,
             format!("{} statements per feed request (limit 20), as shipped: {calls}", n(per_request)),
@@ -135,7 +135,7 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
         }
         measured.insert("short_and_empty".into(), json!(edge_per_request));
         Check::new(
-            "queries_per_request",
+            CheckId::QueriesPerRequest,
             passed,
             measured,
             json!({ "every_page_size": most, "grows_with_page_size": false }),
@@ -146,9 +146,7 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
             pgss::table(&statements, 6),
             pgss::table(&pgss::by_total_time(statements.clone()), 3)
         ))
-        .on_failure("docs/stage-1.md")
     };
-    report.push(check);
 
     // Diagnosis only: best effort, never a failed check.
     if let Some(top) = statements.first().filter(|_| run.bar == StageId::Stage0)
@@ -160,19 +158,13 @@ async fn measure(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<()> {
             plan.join("\n")
         ));
     }
-    if run.bar >= StageId::Stage1 {
-        let plan = plan_check(run, report, &statements, users[0]).await;
-        report.push(plan.unwrap_or_else(|e| Check::errored("plan.uses_timeline_index", &e)));
-        let order = order_check(run, &statements).await;
-        report.push(order.unwrap_or_else(|e| Check::errored("feed.order_is_total", &e)));
-    }
-    Ok(())
+    Ok(check)
 }
 
 /// EXPLAIN the feed statement: the timeline index must hand over the rows in order.
-async fn plan_check(run: &Run<'_>, report: &mut Report, statements: &[Statement], user: i64) -> anyhow::Result<Check> {
-    const NAME: &str = "plan.uses_timeline_index";
-    let Some(feed) = statements.iter().find(|s| s.query.to_lowercase().contains("posts")) else {
+pub async fn plan(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    const NAME: CheckId = CheckId::PlanUsesTimelineIndex;
+    let Some((feed, user)) = the_feed_statement(run).await? else {
         return Ok(Check::new(
             NAME,
             false,
@@ -227,8 +219,7 @@ async fn plan_check(run: &Run<'_>, report: &mut Report, statements: &[Statement]
             problems.join("; ")
         },
     )
-    .evidence(text.join("\n"))
-    .on_failure("docs/stage-1.md"))
+    .evidence(text.join("\n")))
 }
 
 /// Posts can share a `created_at` (the seed data has such ties). Through the timeline index they
@@ -236,9 +227,9 @@ async fn plan_check(run: &Run<'_>, report: &mut Report, statements: &[Statement]
 /// plan (index scans off, as at another data size or after a planner change) ties come in any
 /// order, and pages repeat or skip posts. Run the service's own feed statement that way and
 /// compare the page with the rules.
-async fn order_check(run: &Run<'_>, statements: &[Statement]) -> anyhow::Result<Check> {
-    const NAME: &str = "feed.order_is_total";
-    let Some(feed) = statements.iter().find(|s| s.query.to_lowercase().contains("posts")) else {
+pub async fn order(run: &mut Run<'_>) -> anyhow::Result<Check> {
+    const NAME: CheckId = CheckId::FeedOrderIsTotal;
+    let Some((feed, _)) = the_feed_statement(run).await? else {
         return Ok(Check::new(NAME, false, Value::Null, "a statement reading posts", "no statement reading posts ran"));
     };
     let user: i64 = sqlx::query_scalar(
@@ -269,58 +260,58 @@ async fn order_check(run: &Run<'_>, statements: &[Statement]) -> anyhow::Result<
             format!("user {user}'s page has posts sharing a created_at; with index scans off the statement returns them in another order")
         },
     )
-    .evidence(format!("{}\nwith {}: ids {got:?}\nexpected (created_at desc, then id desc): {expected:?}", feed.snippet(120), settings.join(", ")))
-    .on_failure("docs/api.md#get-apifeed"))
+    .evidence(format!("{}\nwith {}: ids {got:?}\nexpected (created_at desc, then id desc): {expected:?}", feed.snippet(120), settings.join(", "))))
 }
 
 /// The target answers exactly as stage-0 does, for the same users, side by side.
-pub async fn equivalence(run: &mut Run<'_>, report: &mut Report) {
-    const NAME: &str = "equivalence.stage_0";
-    let result: anyhow::Result<Check> = async {
-        // stage-0 as its own process beside the target, on the same database.
-        let stage_0 = run.env.spawn(Implementation::Stage0).await?;
-        let reference = crate::client::Api::new(&stage_0.base_url);
-        let users = run.users.full(25, 6).iter().chain(&run.users.short[..1]).chain(&run.users.empty[..1]).copied().collect::<Vec<_>>();
-        let (mut ours, mut theirs, mut differ) = (Vec::new(), Vec::new(), Vec::new());
-        let mut compared = 0;
-        for &user in &users {
-            for query in ["", "limit=100"] {
-                let token = run.token(user);
-                let started = Instant::now();
-                let got = run.api.feed(&token, query).await?;
-                ours.push(started.elapsed().as_secs_f64() * 1000.0);
-                let started = Instant::now();
-                let want = reference.feed(&token, query).await?;
-                theirs.push(started.elapsed().as_secs_f64() * 1000.0);
-                compared += 1;
-                let (got_json, want_json) = (got.json().map(normalise), want.json().map(normalise));
-                if got.status != want.status || got_json != want_json {
-                    differ.push(format!(
-                        "user {user} ?{query}: stage-0 {} {}, target {} {}",
-                        want.status,
-                        want_json.as_ref().map(describe).unwrap_or_default(),
-                        got.status,
-                        got_json.as_ref().map(describe).unwrap_or_default()
-                    ));
-                }
+pub async fn equivalence(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    // stage-0 as its own process beside the target, on the same database.
+    let stage_0 = run.env.spawn(Implementation::Stage0).await?;
+    let reference = crate::client::Api::new(&stage_0.base_url);
+    let users = run
+        .users
+        .timelines(6)?
+        .iter()
+        .chain(&run.users.short[..1])
+        .chain(&run.users.empty[..1])
+        .copied()
+        .collect::<Vec<_>>();
+    let (mut ours, mut theirs, mut differ) = (Vec::new(), Vec::new(), Vec::new());
+    let mut compared = 0;
+    for &user in &users {
+        for query in ["", "limit=100"] {
+            let token = run.token(user);
+            let started = Instant::now();
+            let got = run.api.feed(&token, query).await?;
+            ours.push(started.elapsed().as_secs_f64() * 1000.0);
+            let started = Instant::now();
+            let want = reference.feed(&token, query).await?;
+            theirs.push(started.elapsed().as_secs_f64() * 1000.0);
+            compared += 1;
+            let (got_json, want_json) = (got.json().map(normalise), want.json().map(normalise));
+            if got.status != want.status || got_json != want_json {
+                differ.push(format!(
+                    "user {user} ?{query}: stage-0 {} {}, target {} {}",
+                    want.status,
+                    want_json.as_ref().map(describe).unwrap_or_default(),
+                    got.status,
+                    got_json.as_ref().map(describe).unwrap_or_default()
+                ));
             }
         }
-        let (p50, _) = percentiles(ours);
-        let (reference_p50, _) = percentiles(theirs);
-        report.metric("equivalence_latency_p50_ms", p50);
-        report.metric("stage_0_latency_p50_ms", reference_p50);
-        let same = compared - differ.len();
-        let target = run.target.short_name();
-        Ok(Check::new(
-            NAME,
+    }
+    let (p50, _) = percentiles(ours);
+    let (reference_p50, _) = percentiles(theirs);
+    report.metric("equivalence_latency_p50_ms", p50);
+    report.metric("stage_0_latency_p50_ms", reference_p50);
+    let same = compared - differ.len();
+    let target = run.target.short_name();
+    Ok(Check::new(
+            CheckId::EquivalenceStage0,
             differ.is_empty(),
             format!("{same}/{compared}"),
             format!("{compared}/{compared}"),
             format!("{same} of {compared} responses equal stage-0's (p50 {p50:.1} ms for {target} vs {reference_p50:.1} ms for stage-0, same requests)"),
         )
-        .evidence(differ.join("\n"))
-        .on_failure("docs/api.md"))
-    }
-    .await;
-    report.push(result.unwrap_or_else(|e| Check::errored(NAME, &e)));
+        .evidence(differ.join("\n")))
 }
