@@ -3,51 +3,45 @@
 //!
 //! Nothing is compared with a stored answer: the same answers can be right for one target or
 //! data set and wrong for another (where the time goes depends on the data), and that is the
-//! lesson. Each wrong answer says what was measured and which tool shows it, never the fix.
+//! lesson. The answers are what the tools show (a count, a statement, a plan node, milliseconds),
+//! not picks from a list. A wrong answer says where to look and what to compare, never the
+//! measured value: the measurement is shown once every answer is right, or on `--reveal`.
 
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::explain::{PlanNode, explain, shape};
 use crate::pgss::{self, Statement};
 use crate::{Implementation, KataEnv};
-use feed_core::seed::Profile;
 
-/// Where most of a feed request's database time goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum TimeIn {
-    /// Waiting for answers: the number of statements × the round trip to Postgres.
-    RoundTrips,
-    /// Postgres executing the statement that reads the timeline's posts.
-    PostsQuery,
-    /// Postgres executing the statements that run once per feed item.
-    PerRowStatements,
-}
-
-impl TimeIn {
-    fn name(self) -> &'static str {
-        match self {
-            Self::RoundTrips => "round-trips",
-            Self::PostsQuery => "posts-query",
-            Self::PerRowStatements => "per-row-statements",
-        }
-    }
-}
-
-/// The learner's answers.
+/// The learner's answers: what they measured.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Diagnosis {
-    /// How many SQL statements one `GET /api/feed` (limit 20) runs.
+    /// How many SQL statements one `GET /api/feed` (limit 20) makes the database run: a count.
     #[arg(long, value_name = "N")]
-    pub statements_per_request: f64,
-    /// The table read by a statement that runs once per feed item, or `none`.
-    #[arg(long, value_name = "TABLE")]
-    pub per_row: String,
-    /// Whether the statement that reads the timeline's posts finds them through an index.
-    #[arg(long, value_name = "yes|no", action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new(), hide_possible_values = true)]
-    pub posts_index: bool,
-    /// Where most of a request's database time goes.
-    #[arg(long, value_enum)]
-    pub time_in: TimeIn,
+    pub statements_per_request: u32,
+    /// The statement that runs more than once per request, as `pg_stat_statements` shows it (any
+    /// spelling of the same statement: tables and filtered columns are compared), or `none`.
+    #[arg(long, value_name = "SQL")]
+    pub repeated: String,
+    /// How many times that statement runs per request (0 for none).
+    #[arg(long, value_name = "N")]
+    pub repeated_calls: u32,
+    /// The plan node that reads the table `posts`, in the plan of the statement that reads it,
+    /// as `EXPLAIN` names it.
+    #[arg(long, value_name = "NODE")]
+    pub posts_node: String,
+    /// Milliseconds of a request spent waiting for the database's answers (every statement's
+    /// round trip).
+    #[arg(long, value_name = "MS")]
+    pub round_trip_ms: f64,
+    /// Milliseconds of a request Postgres spends executing the statement that reads `posts`.
+    #[arg(long, value_name = "MS")]
+    pub posts_ms: f64,
+    /// Milliseconds of a request Postgres spends executing the repeated statement, all its calls
+    /// (0 for none).
+    #[arg(long, value_name = "MS")]
+    pub repeated_ms: f64,
 }
 
 /// What the checker measured, from which the answers are graded.
@@ -66,52 +60,31 @@ impl Measured {
         pgss::total_calls(&self.statements) as f64 / self.requests as f64
     }
 
-    /// Statements that ran more than once per request and at least once for every other item
-    /// served: the "+1 per row" of an N+1.
-    pub fn per_row(&self) -> Vec<&Statement> {
-        self.statements
-            .iter()
-            .filter(|s| s.calls as usize > self.requests && 2 * s.calls as usize >= self.items)
-            .collect()
+    /// The statement that ran more than once per request (the most calls), if one did.
+    pub fn repeated(&self) -> Option<&Statement> {
+        self.statements.iter().filter(|s| s.calls as usize > self.requests).max_by_key(|s| s.calls)
     }
 
-    pub fn posts_use_an_index(&self) -> Option<bool> {
+    pub fn repeated_calls(&self) -> f64 {
+        self.repeated().map_or(0.0, |s| s.calls as f64 / self.requests as f64)
+    }
+
+    /// The node that reads `posts`, as EXPLAIN names it ("Seq Scan", "Index Scan", …).
+    pub fn posts_node(&self) -> Option<&str> {
         let (_, nodes) = self.posts.as_ref()?;
-        Some(nodes.iter().any(|n| {
-            n.relation.as_deref() == Some("posts") && (n.node.contains("Index") || n.node == "Bitmap Heap Scan")
-        }))
+        nodes.iter().find(|n| n.relation.as_deref() == Some("posts")).map(|n| n.node.as_str())
     }
 
-    /// Milliseconds per request of each place the time can go.
-    pub fn time_split(&self) -> [(TimeIn, f64); 3] {
+    /// Milliseconds per request: waiting for round trips, executing the posts statement,
+    /// executing the repeated statement.
+    pub fn times(&self) -> [f64; 3] {
         let per_request = |ms: f64| ms / self.requests as f64;
-        let posts = self.posts.as_ref().map_or(0.0, |(s, _)| per_request(s.total_ms));
-        let per_row = self.per_row().iter().map(|s| per_request(s.total_ms)).sum();
         [
-            (TimeIn::RoundTrips, self.per_request() * self.round_trip_ms),
-            (TimeIn::PostsQuery, posts),
-            (TimeIn::PerRowStatements, per_row),
+            self.per_request() * self.round_trip_ms,
+            self.posts.as_ref().map_or(0.0, |(s, _)| per_request(s.total_ms)),
+            self.repeated().map_or(0.0, |s| per_request(s.total_ms)),
         ]
     }
-}
-
-/// Every table a statement names after a `from` (`from users`, `FROM "public"."users"`): the
-/// tables it may read. (`extract(epoch from created_at)` adds a column name; grading accepts any
-/// of them, so that costs nothing.)
-fn tables_of(query: &str) -> Vec<String> {
-    let words: Vec<&str> = query.split_whitespace().collect();
-    words
-        .windows(2)
-        .filter(|pair| pair[0].eq_ignore_ascii_case("from"))
-        .filter_map(|pair| {
-            let name: String = pair[1]
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '.' | '"'))
-                .filter(|c| *c != '"')
-                .collect();
-            name.rsplit('.').next().filter(|table| !table.is_empty()).map(str::to_lowercase)
-        })
-        .collect()
 }
 
 /// Start `target`, send feed requests (limit 20) for users with full timelines, and measure.
@@ -146,130 +119,178 @@ pub async fn measure(env: &KataEnv, target: Implementation) -> anyhow::Result<Me
     Ok(Measured { requests, items, statements, round_trip_ms: env.db_round_trip_ms, posts })
 }
 
-/// Grade `answers` against `measured`: the report, and whether every answer is right.
-pub fn grade(target: Implementation, profile: Profile, answers: &Diagnosis, measured: &Measured) -> (String, bool) {
+/// What a statement reads and filters on: its tables, and the columns its `where` compares.
+/// Two spellings of one statement (`select *` or a column list, `$1` or `42`, an alias or none,
+/// upper or lower case) have the same shape.
+pub fn shape_of(sql: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let lower = sql.to_lowercase().replace(['"', '`', ';'], " ");
+    let spaced: String = lower.chars().map(|c| if "(),=<>!".contains(c) { ' ' } else { c }).collect();
+    let words: Vec<&str> = spaced.split_whitespace().collect();
+    let name = |word: &str| word.rsplit('.').next().unwrap_or(word).to_owned();
+    let tables = words
+        .windows(2)
+        .filter(|pair| pair[0] == "from" || pair[0] == "join")
+        .map(|pair| name(pair[1]))
+        .filter(|t| t.chars().all(|c| c.is_alphanumeric() || c == '_'))
+        .collect();
+    let filtered = match lower.split_once(" where ") {
+        Some((_, condition)) => {
+            let condition = condition.split([' ']).collect::<Vec<_>>().join(" ");
+            let cut = ["order by", "limit", "group by"]
+                .iter()
+                .filter_map(|k| condition.find(k))
+                .min()
+                .unwrap_or(condition.len());
+            condition[..cut]
+                .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.' || c == '$'))
+                .filter(|w| !w.is_empty() && !w.starts_with('$') && !w.chars().all(|c| c.is_ascii_digit()))
+                .filter(|w| !["and", "or", "not", "in", "any", "is", "null", "true", "false"].contains(w))
+                .map(name)
+                .collect()
+        }
+        None => BTreeSet::new(),
+    };
+    (tables, filtered)
+}
+
+/// Whether `ms` is within the stated tolerance of `measured`: 25 %, or half a millisecond.
+fn close(ms: f64, measured: f64) -> bool {
+    (ms - measured).abs() <= (measured * 0.25).max(0.5)
+}
+
+/// Grade `answers` against `measured`: the report, and whether every answer is right. With
+/// `reveal`, or when every answer is right, the measurement follows the grades.
+pub fn grade(target: Implementation, answers: &Diagnosis, measured: &Measured, reveal: bool) -> (String, bool) {
     let mut out = format!(
-        "{} feed requests to {} (limit 20, {} items served), then pg_stat_statements and EXPLAIN:\n\n",
+        "{} feed requests to {} (limit 20), then pg_stat_statements and EXPLAIN; each answer graded against \
+         that measurement:\n\n",
         measured.requests,
-        target.name(),
-        measured.items
+        target.name()
     );
     let mut right = 0;
-    let mut line = |ok: bool, question: &str, detail: String| {
+    let mut total = 0;
+    let mut line = |ok: bool, question: &str, said: String, look: &str| {
+        total += 1;
         right += usize::from(ok);
-        let _ = writeln!(out, "  {:<6} {question:<28} {detail}", if ok { "RIGHT" } else { "WRONG" });
-    };
-
-    // 1. Statements per request: counted by the database, over these requests only.
-    let per_request = measured.per_request();
-    let ok = (answers.statements_per_request - per_request).abs() <= (per_request * 0.1).max(0.5);
-    line(
-        ok,
-        "statements per request",
-        format!(
-            "you said {}; measured {per_request:.1} ({} statements over {} requests){}",
-            answers.statements_per_request,
-            pgss::total_calls(&measured.statements),
-            measured.requests,
-            if ok { "" } else { ". Count them: the `calls` column of pg_stat_statements, before and after a burst" }
-        ),
-    );
-
-    // 2. The statement that runs once per row.
-    let per_row = measured.per_row();
-    let tables: Vec<String> = per_row.iter().flat_map(|s| tables_of(&s.query)).collect();
-    let answer = answers.per_row.trim().to_lowercase();
-    let ok = if per_row.is_empty() { answer == "none" } else { tables.contains(&answer) };
-    let evidence = match per_row.first() {
-        Some(s) => format!(
-            "`{}` ran {} times for {} items served ({:.2} per item): it reads {}",
-            s.snippet(60),
-            s.calls,
-            measured.items,
-            s.calls as f64 / measured.items.max(1) as f64,
-            tables.first().map_or("no named table", String::as_str)
-        ),
-        None => "no statement ran more than once per request".to_owned(),
-    };
-    line(
-        ok,
-        "statement run once per row",
-        format!(
-            "you said {answer:?}; {evidence}{}",
-            if ok { "" } else { ". Sort pg_stat_statements by calls and compare with the items served" }
-        ),
-    );
-
-    // 3. Does the posts statement use an index? Read from its plan, not from the schema.
-    match (&measured.posts, measured.posts_use_an_index()) {
-        (Some((statement, nodes)), Some(uses)) => {
-            let reads: Vec<String> = nodes
-                .iter()
-                .filter(|n| n.relation.as_deref() == Some("posts"))
-                .map(|n| n.line().trim().to_owned())
-                .collect();
-            let sort = if nodes.iter().any(|n| n.node == "Sort") { ", then a Sort" } else { "" };
-            let ok = answers.posts_index == uses;
-            line(
-                ok,
-                "posts read through an index",
-                format!(
-                    "you said {}; the plan of `{}` reads posts by {}{sort}{}",
-                    if answers.posts_index { "yes" } else { "no" },
-                    statement.snippet(48),
-                    reads.join(", "),
-                    if ok { "" } else { ". Read it yourself: EXPLAIN (ANALYZE, BUFFERS) of that statement" }
-                ),
-            );
+        let _ = writeln!(out, "  {:<6} {question:<30} you said {said}", if ok { "RIGHT" } else { "WRONG" });
+        if !ok {
+            let _ = writeln!(out, "         {:<30} {look}", "");
         }
-        _ => line(false, "posts read through an index", "no statement of this target read `posts`".to_owned()),
-    }
+    };
 
-    // 4. Where the time goes: the largest share; a close second (within 25 %) counts as well.
-    let mut split = measured.time_split();
-    split.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let accepted: Vec<TimeIn> = split.iter().filter(|(_, ms)| *ms >= split[0].1 * 0.75).map(|(t, _)| *t).collect();
-    let ok = accepted.contains(&answers.time_in);
-    let breakdown =
-        measured.time_split().iter().map(|(t, ms)| format!("{} {ms:.1} ms", t.name())).collect::<Vec<_>>().join(", ");
+    // Counts are exact: a count within a few of the truth is still not the count.
+    let per_request = measured.per_request();
+    let said = f64::from(answers.statements_per_request);
     line(
-        ok,
-        "where the time goes",
-        format!(
-            "you said {}; per request: {breakdown} (round trips = {per_request:.1} statements × {:.2} ms){}",
-            answers.time_in.name(),
-            measured.round_trip_ms,
-            if ok {
-                ""
-            } else {
-                ". Execution time is pg_stat_statements' total_exec_time; the wait is every statement's round trip"
-            }
-        ),
+        said == per_request,
+        "statements per request",
+        answers.statements_per_request.to_string(),
+        if (said - per_request).abs() <= 2.0 {
+            "close, but a count is exact: sum the `calls` of every statement the requests ran (reset pg_stat_statements, \
+             send a known number of requests, divide)"
+        } else {
+            "reset pg_stat_statements, send a known number of requests, sum `calls` over every statement and divide"
+        },
     );
 
-    let all = right == 4;
-    let _ = writeln!(out, "\n{right} of 4 answers match the measurement.");
-    let explain = format!(
-        "`cargo kata explain --stage {} --profile {}`",
-        target.name().trim_start_matches("stage-"),
-        profile.name()
+    let repeated = measured.repeated();
+    let answer = answers.repeated.trim();
+    let repeated_ok = match repeated {
+        None => answer.eq_ignore_ascii_case("none"),
+        Some(statement) => !answer.eq_ignore_ascii_case("none") && shape_of(answer) == shape_of(&statement.query),
+    };
+    line(
+        repeated_ok,
+        "the statement that repeats",
+        format!("{answer:?}"),
+        "sort pg_stat_statements by `calls`: compare each statement's calls with the requests you sent",
     );
-    if all && !per_row.is_empty() {
-        // The N+1 as shipped, diagnosed: what stage-0 asks of the learner.
+    line(
+        f64::from(answers.repeated_calls) == measured.repeated_calls(),
+        "its calls per request",
+        answers.repeated_calls.to_string(),
+        "that statement's `calls` divided by the requests you sent (0 if nothing runs more than once)",
+    );
+
+    let node = answers.posts_node.trim();
+    let node_ok = measured.posts_node().is_some_and(|n| {
+        n.eq_ignore_ascii_case(node) || n.strip_prefix("Parallel ").is_some_and(|n| n.eq_ignore_ascii_case(node))
+    });
+    line(
+        node_ok,
+        "the node that reads posts",
+        format!("{node:?}"),
+        "EXPLAIN (ANALYZE, BUFFERS) the statement that reads posts, with a real user id: the node that names posts",
+    );
+
+    let [round_trips, posts, repeated_ms] = measured.times();
+    line(
+        close(answers.round_trip_ms, round_trips),
+        "ms waiting for round trips",
+        format!("{} ms", answers.round_trip_ms),
+        "statements per request × one round trip (`db_round_trip_ms` in the header of `cargo kata verify`); \
+         within 25 % or 0.5 ms",
+    );
+    line(
+        close(answers.posts_ms, posts),
+        "ms executing the posts statement",
+        format!("{} ms", answers.posts_ms),
+        "`total_exec_time` of that statement in pg_stat_statements, divided by the requests; within 25 % or 0.5 ms",
+    );
+    line(
+        close(answers.repeated_ms, repeated_ms),
+        "ms executing the repeated one",
+        format!("{} ms", answers.repeated_ms),
+        "`total_exec_time` of the repeated statement, divided by the requests; within 25 % or 0.5 ms",
+    );
+
+    let all = right == total;
+    let _ = writeln!(out, "\n{right} of {total} answers match the measurement.");
+    if all || reveal {
+        out.push_str(&measurement(measured));
+    }
+    if all && repeated.is_some() {
         let _ = writeln!(
             out,
-            "Your diagnosis is the measured one. The walkthrough of this diagnosis is docs/walkthrough/stage-0.md;\n\
-             the bar to fix it is docs/stage-1.md (`cargo kata verify stage-1 --target workbench`)."
+            "\nYour diagnosis is the measured one. What it found, and how the figures come about: \
+             docs/walkthrough/stage-0.md; the bar to fix it: docs/stage-1.md \
+             (`cargo kata verify stage-1 --target workbench`)."
         );
     } else if all {
-        let _ = writeln!(out, "Your diagnosis is the measured one.");
+        let _ = writeln!(out, "\nYour diagnosis is the measured one.");
     } else {
         let _ = writeln!(
             out,
-            "Measure again before you change code: {explain} shows the statements by calls and their plans."
+            "Measure again before you change code (docs/tools.md shows how to read each tool); the measurement is \
+             shown once every answer is right{}.",
+            if reveal { "" } else { ", or with --reveal" }
         );
     }
     (out, all)
+}
+
+/// What was measured, said once the diagnosis is right (or asked for).
+fn measurement(measured: &Measured) -> String {
+    let mut out = format!(
+        "\nmeasured: {:.0} statements per request over {} requests ({} items served)\n{}",
+        measured.per_request(),
+        measured.requests,
+        measured.items,
+        pgss::table(&measured.statements, 4)
+    );
+    if let Some((statement, nodes)) = &measured.posts {
+        let reads: Vec<String> = nodes.iter().map(|n| n.line().trim().to_owned()).collect();
+        let _ = writeln!(out, "plan of `{}`: {}", statement.snippet(60), reads.join(" → "));
+    }
+    let [round_trips, posts, repeated] = measured.times();
+    let _ = writeln!(
+        out,
+        "per request: {round_trips:.1} ms waiting for round trips ({:.0} × {:.2} ms), {posts:.1} ms executing the posts \
+         statement, {repeated:.1} ms executing the repeated one",
+        measured.per_request(),
+        measured.round_trip_ms
+    );
+    out
 }
 
 #[cfg(test)]
@@ -277,34 +298,65 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tables_of_reads_every_name_after_from() {
-        assert_eq!(tables_of("select id, name, avatar from users where id = $1"), ["users"]);
-        assert_eq!(tables_of("SELECT * FROM \"public\".\"users\" WHERE id = $1"), ["users"]);
-        assert_eq!(tables_of("select extract(epoch from created_at), id\nfrom\n  posts"), ["created_at", "posts"]);
-        assert!(tables_of("select 1").is_empty());
+    fn spellings_of_one_statement_have_one_shape() {
+        let stored = "select id, name, avatar from users where id = $1";
+        for spelling in [
+            "SELECT * FROM users WHERE id = 42",
+            "select name from \"public\".\"users\" u where u.id=$1;",
+            "select id, name, avatar from users where id = $1",
+        ] {
+            assert_eq!(shape_of(spelling), shape_of(stored), "{spelling}");
+        }
+        assert_ne!(shape_of("select * from posts where user_id = $1"), shape_of(stored));
+        assert_ne!(shape_of("select * from users where name = $1"), shape_of(stored));
+        let join = "select p.id from posts p left join users u on p.author_id = u.id where p.user_id = $1 order by p.created_at desc limit $2";
+        assert_eq!(shape_of(join).0, ["posts", "users"].map(String::from).into());
+        assert_eq!(shape_of(join).1, ["user_id"].map(String::from).into());
     }
 
     fn statement(query: &str, calls: i64, total_ms: f64) -> Statement {
         Statement { query: query.into(), calls, total_ms }
     }
 
-    #[test]
-    fn a_statement_per_item_is_per_row_and_one_per_request_is_not() {
-        let measured = Measured {
+    fn measured() -> Measured {
+        let posts = "select id from posts where user_id = $1 limit $2";
+        Measured {
             requests: 10,
             items: 200,
             statements: vec![
                 statement("select id, name, avatar from users where id = $1", 200, 10.0),
-                statement("select id from posts where user_id = $1 limit $2", 10, 600.0),
+                statement(posts, 10, 600.0),
             ],
             round_trip_ms: 2.0,
-            posts: Some((statement("select id from posts where user_id = $1 limit $2", 10, 600.0), Vec::new())),
-        };
+            posts: Some((statement(posts, 10, 600.0), Vec::new())),
+        }
+    }
+
+    #[test]
+    fn the_repeated_statement_and_the_time_split_are_read_from_the_measurement() {
+        let measured = measured();
         assert_eq!(measured.per_request(), 21.0);
-        let per_row: Vec<&str> = measured.per_row().iter().map(|s| s.query.as_str()).collect();
-        assert_eq!(per_row, ["select id, name, avatar from users where id = $1"]);
-        // Round trips 21 × 2 ms = 42 ms; the posts query 60 ms; the per-row statements 1 ms.
-        let split = measured.time_split();
-        assert_eq!(split.map(|(_, ms)| ms), [42.0, 60.0, 1.0]);
+        assert_eq!(measured.repeated().map(|s| s.calls), Some(200));
+        assert_eq!(measured.repeated_calls(), 20.0);
+        // Round trips 21 × 2 ms = 42 ms; the posts query 60 ms; the repeated statement 1 ms.
+        assert_eq!(measured.times(), [42.0, 60.0, 1.0]);
+    }
+
+    #[test]
+    fn a_count_off_by_one_is_wrong_and_the_message_holds_no_measured_value() {
+        let answers = Diagnosis {
+            statements_per_request: 20,
+            repeated: "select * from users where id = 7".into(),
+            repeated_calls: 20,
+            posts_node: "Seq Scan".into(),
+            round_trip_ms: 42.0,
+            posts_ms: 60.0,
+            repeated_ms: 1.0,
+        };
+        let (report, all) = grade(Implementation::Stage0, &answers, &measured(), false);
+        assert!(!all);
+        assert_eq!(report.matches("WRONG").count(), 2, "{report}");
+        assert!(!report.contains("21"), "the measured count leaked:\n{report}");
+        assert!(!report.contains("walkthrough"), "{report}");
     }
 }

@@ -168,6 +168,20 @@ impl KataEnv {
         Ok(found)
     }
 
+    /// The keys matching `pattern` on every node, each with its `PEXPIRETIME`: the moment it
+    /// expires, in ms since the epoch (-1: no expiry).
+    pub async fn redis_expire_times(&self, pattern: &str) -> anyhow::Result<Vec<(String, i64)>> {
+        let mut found = Vec::new();
+        for mut node in self.redis_nodes().await? {
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut node).await?;
+            for key in keys {
+                let at: i64 = redis::cmd("PEXPIRETIME").arg(&key).query_async(&mut node).await?;
+                found.push((key, at));
+            }
+        }
+        Ok(found)
+    }
+
     /// Where the implementation's instances run: on one Redis, or on the checker's cluster.
     pub fn topology(&self) -> crate::Topology {
         if self.cluster.is_some() { crate::Topology::Cluster } else { crate::Topology::Single }

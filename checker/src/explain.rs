@@ -190,6 +190,29 @@ pub async fn on_demand(
     Ok(out)
 }
 
+/// `checker explain --sql`: run a statement of your own `times` times, then show its line of
+/// `pg_stat_statements` (calls, mean and total time, rows) and its plan, `EXPLAIN (ANALYZE,
+/// BUFFERS)`: the two tools on any statement, to learn to read them.
+pub async fn statement(env: &crate::KataEnv, sql: &str, times: u32) -> anyhow::Result<String> {
+    let before = crate::pgss::snapshot(&env.admin).await?;
+    let mut rows = 0;
+    for _ in 0..times {
+        rows = sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).fetch_all(&env.admin).await?.len();
+    }
+    let after = crate::pgss::snapshot(&env.admin).await?;
+    let ran = crate::pgss::delta(&before, &after);
+    let plan: Vec<String> =
+        sqlx::query_scalar(AssertSqlSafe(format!("explain (analyze, buffers) {sql}"))).fetch_all(&env.admin).await?;
+    let runs = if times == 1 { "once".to_owned() } else { format!("{times} times") };
+    let rows = if rows == 1 { "1 row".to_owned() } else { format!("{rows} rows") };
+    Ok(format!(
+        "{sql}\n\nrun {runs} ({rows} each); pg_stat_statements, the delta over those runs:\n{}\n\
+         EXPLAIN (ANALYZE, BUFFERS):\n{}\n",
+        crate::pgss::table(&ran, 3),
+        plan.join("\n")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

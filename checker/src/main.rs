@@ -83,7 +83,7 @@ enum Command {
     /// Exit code: 0 the bar passes, 1 a check failed, 3 not proven (nothing failed, but some
     /// checks could not be run against this target), 2 the checker itself could not run.
     Verify {
-        /// The bar: stage-0 (reproduces the N+1) … stage-3 (rate-limited).
+        /// The bar: stage-0 (the feed as shipped), stage-1, stage-2 or stage-3 (`cargo kata checks` lists each one's checks).
         stage: StageId,
         /// What to verify: a reference stage or your workbench (default: the bar's reference).
         /// The checker builds it with cargo and starts it as its own process.
@@ -110,6 +110,10 @@ enum Command {
         /// grades those checks, never the bar.
         #[arg(long, value_name = "CHECK")]
         only: Vec<CheckId>,
+        /// Show what stage-0's bar measures of the database before your diagnosis is graded
+        /// right (`cargo kata diagnose`): the statements and their count.
+        #[arg(long)]
+        reveal: bool,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -127,15 +131,26 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: ChecksFormat,
     },
-    /// Show the evidence on demand: top statements by calls after a burst of feed requests,
-    /// and EXPLAIN (ANALYZE, BUFFERS) of each.
+    /// Show the evidence on demand: a burst of feed requests to an implementation, its
+    /// statements by calls (pg_stat_statements) and EXPLAIN (ANALYZE, BUFFERS) of each; or, with
+    /// --sql, the same two tools on a statement of your own (docs/tools.md).
     Explain {
-        #[arg(long, value_enum, default_value = "stage-0")]
+        #[arg(long, value_enum, default_value = "workbench")]
         stage: Implementation,
         /// The user whose feed is requested and explained (default: the first full timeline).
         #[arg(long)]
         user: Option<i64>,
-        #[arg(long, value_enum, default_value = "small")]
+        /// A statement of your own instead of the feed: run it, then show its pg_stat_statements
+        /// line and its plan.
+        #[arg(long, value_name = "SQL")]
+        sql: Option<String>,
+        /// How many times --sql runs it.
+        #[arg(long, default_value_t = 5)]
+        times: u32,
+        /// The data set. `medium` (10,000 users, about a million posts) is the load test's, where
+        /// plans are what production would choose; on `small` (300 users, about 10,000 posts)
+        /// every plan is cheap and a missing index barely shows.
+        #[arg(long, value_enum, default_value = "medium")]
         profile: Profile,
         #[command(flatten)]
         services: ServiceArgs,
@@ -152,6 +167,9 @@ enum Command {
         /// The data set: `medium` is the load test's (10,000 users, about a million posts).
         #[arg(long, value_enum, default_value = "medium")]
         profile: Profile,
+        /// Show what was measured even when an answer is wrong (giving up on finding it).
+        #[arg(long)]
+        reveal: bool,
         #[command(flatten)]
         services: ServiceArgs,
     },
@@ -287,7 +305,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 feed_core::auth::JwtKeys::new(&secret).mint(user, tier, std::time::Duration::from_secs(hours * 3600))
             );
         }
-        Command::Verify { stage, target, cmd, url, format, profile, topology, only, services } => {
+        Command::Verify { stage, target, cmd, url, format, profile, topology, only, reveal, services } => {
             anyhow::ensure!(
                 topology == Topology::Single || stage >= StageId::Stage2,
                 "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
@@ -321,7 +339,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
             }
             let mut env = KataEnv::start(EnvOptions { redis_cluster: cluster, ..services.options(profile) }).await?;
-            let report = checker::checks::verify_checks(&mut env, stage, target, &only).await?;
+            let reveal = reveal || checker::learner::diagnosis() == Some(true);
+            let selection = checker::checks::Selection { only, reveal };
+            let report = checker::checks::verify_checks(&mut env, stage, target, &selection).await?;
             match format {
                 Format::Text => print!("{}", report.to_text()),
                 Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -372,17 +392,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(before) => println!("  the code: stages/{bar} (`diff -r stages/{before} stages/{bar}`)"),
             }
         }
-        Command::Diagnose { answers, target, profile, services } => {
+        Command::Diagnose { answers, target, profile, reveal, services } => {
             eprintln!("starting services, seeding the {} profile and measuring {}…", profile.name(), target.name());
             let env = KataEnv::start(services.options(profile)).await?;
             let measured = checker::diagnose::measure(&env, target).await?;
-            let (report, all_right) = checker::diagnose::grade(target, profile, &answers, &measured);
+            let (report, all_right) = checker::diagnose::grade(target, &answers, &measured, reveal);
+            checker::learner::record_diagnosis(target, all_right)?;
             print!("{report}");
             return Ok(if all_right { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
-        Command::Explain { stage, user, profile, services } => {
+        Command::Explain { stage, user, sql, times, profile, services } => {
+            eprintln!("starting services and seeding the {} profile…", profile.name());
             let env = KataEnv::start(services.options(profile)).await?;
-            print!("{}", checker::explain::on_demand(&env, stage, user).await?);
+            match sql {
+                Some(sql) => print!("{}", checker::explain::statement(&env, &sql, times).await?),
+                None => print!("{}", checker::explain::on_demand(&env, stage, user).await?),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -398,8 +423,8 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
     let dir = checker::learner::workbench_dir();
     let changed = checker::learner::changed_files(&dir);
     if changed.is_empty() {
-        println!("workbench/ is already at its start (stage-0); nothing to do.");
-        return Ok(ExitCode::SUCCESS);
+        println!("workbench/ is already at its start (stage-0).");
+        return forget_progress();
     }
     let backup = checker::learner::backup_dir();
     println!("These workbench files differ from the start: {}", changed.join(", "));
@@ -420,6 +445,21 @@ fn reset_workbench(yes: bool) -> anyhow::Result<ExitCode> {
     }
     checker::learner::reset(&dir, &backup)?;
     println!("workbench/ is back at stage-0; your previous files are in {}.", backup.display());
+    forget_progress()
+}
+
+/// The second half of a reset: the hints shown and the diagnosis are forgotten, and it is said.
+fn forget_progress() -> anyhow::Result<ExitCode> {
+    let forgotten = checker::learner::forget_progress()?;
+    if forgotten.is_empty() {
+        println!("No hints had been shown and no diagnosis graded: nothing else to forget.");
+    } else {
+        println!(
+            "Your progress is reset too ({}): `cargo kata hint` starts again from the first nudge, and \
+             `cargo kata diagnose` from no diagnosis.",
+            forgotten.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

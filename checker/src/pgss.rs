@@ -47,6 +47,13 @@ pub async fn ensure_extension(admin: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Forget every statement counted so far (`pg_stat_statements_reset()`): the next text seen for a
+/// statement's shape is the one kept.
+pub async fn reset(admin: &PgPool) -> anyhow::Result<()> {
+    sqlx::query("select pg_stat_statements_reset()").execute(admin).await?;
+    Ok(())
+}
+
 pub async fn snapshot(admin: &PgPool) -> anyhow::Result<Snapshot> {
     let rows: Vec<(i64, String, i64, f64)> = sqlx::query_as(
         "select s.queryid, s.query, s.calls, s.total_exec_time

@@ -191,8 +191,12 @@ pub struct MistakeCase {
     pub topology: Topology,
     pub family: Family,
     pub origin: Origin,
-    /// Exactly the checks it fails.
+    /// The checks it fails, every time.
     pub fails: Vec<CheckId>,
+    /// Checks it may fail or not, depending on timing (the registry says why): never a check
+    /// that proves it.
+    #[serde(default)]
+    pub may_fail: Vec<CheckId>,
     pub symptom: Symptom,
     /// A correct alternative: it must pass its bar.
     #[serde(default)]
@@ -277,6 +281,8 @@ pub enum Part {
     Promises,
     /// The checks, each with what it measures.
     Checks,
+    /// The wrong solutions that prove the checks, each with what it must fail.
+    Mistakes,
     All,
 }
 
@@ -321,6 +327,9 @@ pub fn describe(bar: Option<StageId>, topology: Topology, part: Part, markdown: 
     if part == Part::All {
         out.push('\n');
     }
+    if part == Part::Mistakes {
+        return mistakes_table(bar, topology, markdown);
+    }
     if part != Part::Promises {
         if markdown {
             out.push_str("| check | promise | what it measures |\n|---|---|---|\n");
@@ -334,6 +343,49 @@ pub fn describe(bar: Option<StageId>, topology: Topology, part: Part, markdown: 
                 writeln!(out, "  {:<30} {:<9} {}", check.name.name(), check.promises.join(","), check.measures)
             };
         }
+    }
+    out
+}
+
+/// The mistakes graded at `bar` (or every bar) on `topology`: what each attacks, where it comes
+/// from, what it must fail, and the symptom its failure must state.
+fn mistakes_table(bar: Option<StageId>, topology: Topology, markdown: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if markdown {
+        out.push_str(
+            "| mistake | bar | attacks | written from | must fail | its summary matches |\n|---|---|---|---|---|---|\n",
+        );
+    }
+    let cases = registry().mistakes.iter().filter(|m| bar.is_none_or(|b| m.bar == b) && m.topology == topology);
+    for case in cases {
+        let fails = if case.correct {
+            "nothing: a correct alternative, it must pass".to_owned()
+        } else {
+            case.fails
+                .iter()
+                .map(|c| if markdown { format!("`{c}`") } else { c.name().to_owned() })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let origin = match case.origin {
+            Origin::Reference => "the reference's design",
+            Origin::Brief => "the brief, another design",
+        };
+        let family =
+            serde_json::to_value(case.family).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        let _ = if markdown {
+            writeln!(
+                out,
+                "| `{}` | {} | {family} | {origin} | {fails} | `{}`: `{}` |",
+                case.name,
+                case.bar,
+                case.symptom.check,
+                case.symptom.pattern.replace('|', "\\|")
+            )
+        } else {
+            writeln!(out, "  {:<28} {} {:<11} fails {fails}", case.name, case.bar, family)
+        };
     }
     out
 }

@@ -117,6 +117,8 @@ pub struct Check {
     /// Where to read when it fails: the registry's page for it, unless the check knows better.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doc: Option<String>,
+    /// How long the check took, in ms (what a slow target costs, check by check).
+    pub elapsed_ms: u64,
 }
 
 impl Check {
@@ -136,6 +138,7 @@ impl Check {
             summary: summary.into(),
             evidence: None,
             doc: (!passed).then(|| id.doc().to_owned()),
+            elapsed_ms: 0,
         }
     }
 

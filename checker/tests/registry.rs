@@ -52,6 +52,9 @@ fn broken_links() -> Vec<String> {
         if case.fails.is_empty() {
             broken.push(format!("mistake {} fails nothing", case.name));
         }
+        if let Some(both) = case.may_fail.iter().find(|c| case.fails.contains(c)) {
+            broken.push(format!("mistake {} lists {both} as failing and as maybe failing", case.name));
+        }
         if !case.fails.contains(&case.symptom.check) {
             broken.push(format!(
                 "mistake {}'s symptom is read from {}, which it does not fail",

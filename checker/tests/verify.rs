@@ -28,40 +28,35 @@ fn metric(report: &Report, name: &str) -> f64 {
     report.metrics.get(name).and_then(|v| v.as_f64()).unwrap_or_else(|| panic!("metric {name} missing"))
 }
 
-/// The report as a learner reads it, minus what changes from run to run.
-macro_rules! assert_report_snapshot {
+/// Which checks ran, in order, and how each ended: the structure of a report, which must not
+/// change from run to run (what each measured is asserted exactly where it is exact, below).
+macro_rules! assert_checks_snapshot {
+    ($name:expr, $report:expr) => {
+        let outcome: Vec<String> = $report.checks.iter().map(|c| format!("{:<30} {:?}", c.name(), c.status)).collect();
+        insta::assert_yaml_snapshot!($name, (outcome, $report.verdict));
+    };
+}
+
+/// The text a learner reads first, minus what changes from run to run (timings, plans' costs).
+macro_rules! assert_text_snapshot {
     ($name:expr, $report:expr) => {
         insta::with_settings!({
             filters => vec![
                 (r"db_round_trip_ms=[\d.]+", "db_round_trip_ms=[rtt]"),
-                (r"TTLs \d+\.\.\d+ s \(window \d+\.\.\d+ s\), spread \d+ s across keys written within \d+ s", "TTLs [ttl-window]"),
-                (r"(?m)^(  (burst|across_instances|spoofed_burst|pro_burst|refill)_[a-z_]+) +\d+$", "$1 [n]"),
-                // How much refilled depends on how long the sleep really took.
-                (r"(refill [\d.]+/s: expected) \d+\.\.=\d+", "$1 [low]..=[high]"),
                 (r"(?m)^(  [a-z0-9_]+_ms) +[\d.]+$", "$1 [ms]"),
-                // Under a saturated machine a reader can wait on a fill and poll: extra misses.
-                (r"(?m)^(  (hit_ratio|keyspace_hits|keyspace_misses|service_hit_ratio)) +[\d.]+$", "$1 [n]"),
-                (r"[\d.]+% hits in Redis INFO \(keyspace_hits \+\d+, keyspace_misses \+\d+", "[r]% hits in Redis INFO (keyspace_hits +[h], keyspace_misses +[m]"),
-                (r"own counters say [\d.]+%", "own counters say [r]%"),
                 (r"(?m)^(\s+(?:\| +)?\d+)\s+[\d.]+\s+[\d.]+(  )", "$1  [mean]  [total]$2"),
-                (r"p(50|99) [\d.]+ → [\d.]+ ms", "p$1 [a] → [b] ms"),
-                (r"p50 [\d.]+ ms vs [\d.]+ ms", "p50 [miss] ms vs [hit] ms"),
                 (r"\d+(\.\d+)? ms", "[n] ms"),
                 (r"actual time=[\d.]+\.\.[\d.]+", "actual time=[t]"),
                 (r"(?m)^(\s*)Buffers: .*$", "${1}Buffers: [buffers]"),
                 // Whether planning read the catalog (a `Planning:` block) depends on the pooled
                 // connection's cache, plain or quoted as evidence (`| `).
                 (r"(?m)^ *(?:\| +)?Planning:\n *(?:\| +)?Buffers: .*\n", ""),
-                (r"(in|×) [\d.]+ s", "$1 [s] s"),
                 (r"[\d.]+ s after start", "[s] s after start"),
-                (r"after (\d+) s \d+ of \d+ admitted", "after $1 s [n] of [n] admitted"),
                 // Which statement took the most time overall is a close call on the small profile.
                 (r"(?m)^( +\| )by total time:\n(?: +\| .*\n)+", "${1}by total time: [table]\n"),
                 (r"(?m)^the same, by total time:\n(?:.+\n)+", "the same, by total time: [table]\n"),
-                (r"(?m)^( +\| .*)Buffers: shared hit=\d+", "${1}Buffers: [buffers]"),
-                (r"\d+ admitted, \d+ limited", "[n] admitted, [n] limited"),
-                (r"expected (\d+)\.\.=\d+", "expected $1..=[max]"),
                 (r"after \d+ attempt\(s\)", "after [n] attempt(s)"),
+                (r"warm again after [\d.]+ s \(\d+ read\(s\)\)", "warm again after [s] s ([n] read(s))"),
             ],
         }, {
             insta::assert_snapshot!($name, $report.to_text());
@@ -75,7 +70,7 @@ async fn stage_0_makes_21_statements_per_feed_request() {
     assert!(report.passed, "{}", report.to_text());
     assert_all_checks_ran(&report, StageId::Stage0);
     assert_eq!(metric(&report, "queries_per_request"), 21.0);
-    assert_report_snapshot!("stage_0_report", report);
+    assert_text_snapshot!("stage_0_report", report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,7 +81,7 @@ async fn stage_1_makes_one_statement_using_the_timeline_index() {
     assert_eq!(metric(&report, "queries_per_request"), 1.0);
     let plan = report.checks.iter().find(|c| c.name() == "plan.uses_timeline_index").expect("plan check ran");
     insta::assert_yaml_snapshot!("stage_1_plan_shape", plan.measured["shape"]);
-    assert_report_snapshot!("stage_1_report", report);
+    assert_checks_snapshot!("stage_1_report", report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +102,7 @@ async fn stage_1_bar_fails_stage_0_on_the_n_plus_one_and_the_missing_index() {
         assert!(!check.summary.contains(spoiler), "{spoiler} in {}", check.summary);
     }
     assert_eq!(check.doc.as_deref(), Some("docs/stage-1.md"));
-    assert_report_snapshot!("stage_1_bar_on_stage_0", report);
+    assert_text_snapshot!("stage_1_bar_on_stage_0", report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +115,7 @@ async fn stage_2_serves_hits_without_sql_and_one_statement_per_stampede() {
     assert_eq!(metric(&report, "stampede_statements"), 1.0);
     let warm = report.checks.iter().find(|c| c.name() == "cache.warm_read_statements").unwrap();
     assert_eq!(warm.measured, 0.0);
-    assert_report_snapshot!("stage_2_report", report);
+    assert_checks_snapshot!("stage_2_report", report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,9 +128,17 @@ async fn stage_2_bar_fails_stage_1_on_the_cache_checks_only() {
         report.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name()).collect();
     assert_eq!(
         not_applicable,
-        ["cache.invalidation", "cache.race_fill_vs_post", "cache.race_read_during_post", "redis_down"]
+        [
+            "cache.ttl_not_extended",
+            "cache.invalidation",
+            "cache.race_fill_vs_post",
+            "cache.race_read_during_post",
+            "cache.cold_read_latency",
+            "redis_hung",
+            "redis_down"
+        ]
     );
-    assert_report_snapshot!("stage_2_bar_on_stage_1", report);
+    assert_checks_snapshot!("stage_2_bar_on_stage_1", report);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,7 +153,7 @@ async fn stage_3_admits_one_bucket_per_user_however_the_burst_arrives() {
         assert!((60.0..=most).contains(&admitted), "{burst}: {admitted} admitted, at most {most} allowed");
     }
     assert_eq!(metric(&report, "burst_admitted") + metric(&report, "burst_limited"), 1000.0);
-    assert_report_snapshot!("stage_3_report", report);
+    assert_checks_snapshot!("stage_3_report", report);
 }
 
 /// The scale-out topology: three stage-3 instances behind HAProxy on a Redis Cluster of 3
@@ -188,8 +191,15 @@ async fn stage_3_bar_fails_stage_2_on_the_rate_limit_checks_only() {
             "ratelimit.across_instances",
             "ratelimit.isolation",
             "ratelimit.spoofed_headers",
+            "ratelimit.reissued_tokens",
+            "ratelimit.source_addresses",
+            "ratelimit.every_route",
+            "ratelimit.unauthenticated_free",
             "ratelimit.headers",
-            "ratelimit.refill"
+            "ratelimit.refill",
+            "ratelimit.steady_client",
+            "redis_down",
+            "ratelimit.fail_closed"
         ]
     );
     assert_eq!(metric(&report, "burst_admitted"), 1000.0);
@@ -205,7 +215,10 @@ async fn any_implementation_is_graded_by_url_alone() {
     assert_eq!(report.failed().count(), 0, "{}", report.to_text());
     // What needs the process in hand is not proven, and so neither is the bar: never a pass.
     let unproven: Vec<&str> = report.unresolved().map(|c| c.name()).collect();
-    assert_eq!(unproven, ["cache.race_fill_vs_post", "redis_down", "postgres_down"]);
+    assert_eq!(
+        unproven,
+        ["cache.race_fill_vs_post", "cache.cold_read_latency", "redis_hung", "redis_down", "postgres_down"]
+    );
     assert_eq!(report.verdict, Verdict::NotProven);
     assert_eq!(report.verdict.exit_code(), 3);
     assert!(report.to_text().contains("stage-2: NOT PROVEN"), "{}", report.to_text());

@@ -42,7 +42,7 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// What to load test: 0 (N+1), 1 (JOIN), 2 (+ Redis cache), 3 (+ rate limit; adds an
+    /// What to load test: 0 (the feed as shipped), 1, 2 (+ Redis cache), 3 (+ rate limit; adds an
     /// abuser), or workbench (your fix, built and started like the stages).
     #[arg(long, visible_alias = "target", required = true, value_name = "0|1|2|3|workbench")]
     pub stage: Option<Target>,

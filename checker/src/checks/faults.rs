@@ -20,7 +20,7 @@ pub const WARM_WITHIN: Duration = Duration::from_secs(5);
 /// A read slower than this is no cache hit, even without SQL (it waited for something).
 const HIT_WITHIN: Duration = Duration::from_millis(250);
 /// How long Redis stays frozen, and how long any request may take meanwhile.
-const FROZEN: Duration = Duration::from_secs(3);
+const FROZEN: Duration = Duration::from_secs(2);
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);
 /// How long a request may take while the database is down, and how long the service may take
 /// to serve again once it is back: the core's request deadline (twice the 5 s acquire timeout).
@@ -30,30 +30,37 @@ const NO_CACHE: &str = "nothing is cached, so there is no cache to lose";
 
 /// How a service came back after a fault.
 struct WarmAgain {
-    /// When a read was a hit again (no SQL, answered within [`HIT_WITHIN`]), after the fault.
+    /// When a pass over every watched page was all hits again (no SQL, each answered within
+    /// [`HIT_WITHIN`]), after the fault.
     after: Option<Duration>,
-    /// Each read: status, ms, statements.
-    reads: Vec<(u16, u128, i64)>,
+    /// Each pass: the statuses, the slowest read in ms, the statements it ran.
+    passes: Vec<(Vec<u16>, u128, i64)>,
 }
 
 impl WarmAgain {
-    /// Read `token`'s feed every 200 ms until a read is a hit, for [`WARM_WITHIN`] at most.
-    async fn watch(run: &Run<'_>, token: &str) -> anyhow::Result<Self> {
+    /// Read each of `tokens`' feeds, every 200 ms, until a whole pass is hits, for [`WARM_WITHIN`]
+    /// at most. Several pages, so that on a cluster every master (and the service's connection to
+    /// it) is back, not only the one holding a page.
+    async fn watch(run: &Run<'_>, tokens: &[String]) -> anyhow::Result<Self> {
         let started = Instant::now();
-        let mut reads = Vec::new();
+        let mut passes = Vec::new();
         while started.elapsed() < WARM_WITHIN {
             let before = pgss::snapshot(&run.env.admin).await?;
-            let sent = Instant::now();
-            let status = run.api.feed(token, "").await.map_or(0, |r| r.status);
-            let took = sent.elapsed();
+            let (mut statuses, mut slowest) = (Vec::new(), Duration::ZERO);
+            for token in tokens {
+                let sent = Instant::now();
+                statuses.push(run.api.feed(token, "").await.map_or(0, |r| r.status));
+                slowest = slowest.max(sent.elapsed());
+            }
             let statements = pgss::total_calls(&pgss::delta(&before, &pgss::snapshot(&run.env.admin).await?));
-            reads.push((status, took.as_millis(), statements));
-            if status == 200 && statements == 0 && took < HIT_WITHIN {
-                return Ok(Self { after: Some(started.elapsed()), reads });
+            let hits = statuses.iter().all(|&s| s == 200) && statements == 0 && slowest < HIT_WITHIN;
+            passes.push((statuses, slowest.as_millis(), statements));
+            if hits {
+                return Ok(Self { after: Some(started.elapsed()), passes });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(Self { after: None, reads })
+        Ok(Self { after: None, passes })
     }
 
     fn warm(&self) -> bool {
@@ -61,27 +68,78 @@ impl WarmAgain {
     }
 
     fn describe(&self) -> String {
+        let pages = self.passes.first().map_or(0, |p| p.0.len());
         match self.after {
-            Some(after) => format!("warm again after {:.1} s ({} read(s))", after.as_secs_f64(), self.reads.len()),
+            Some(after) => format!(
+                "warm again after {:.1} s ({} pass(es) over {pages} pages)",
+                after.as_secs_f64(),
+                self.passes.len()
+            ),
             None => {
-                let statements: i64 = self.reads.iter().map(|r| r.2).sum();
-                let slowest = self.reads.iter().map(|r| r.1).max().unwrap_or(0);
+                let statements: i64 = self.passes.iter().map(|p| p.2).sum();
+                let slowest = self.passes.iter().map(|p| p.1).max().unwrap_or(0);
+                let failed = self.passes.iter().flat_map(|p| &p.0).filter(|&&s| s != 200).count();
                 format!(
-                    "not warm again within {} s: {} reads of one page ran {statements} SQL statement(s), the slowest {slowest} ms",
+                    "not warm again within {} s: {} passes over {pages} pages ran {statements} SQL statement(s), the slowest read {slowest} ms{}",
                     WARM_WITHIN.as_secs(),
-                    self.reads.len()
+                    self.passes.len(),
+                    if failed > 0 { format!(", {failed} reads not 200") } else { String::new() }
                 )
             }
         }
     }
 
     fn evidence(&self) -> String {
-        let reads: Vec<String> = self
-            .reads
+        let passes: Vec<String> = self
+            .passes
             .iter()
-            .map(|(status, ms, statements)| format!("{status} in {ms} ms, {statements} SQL"))
+            .map(|(statuses, ms, statements)| format!("{statuses:?} slowest {ms} ms, {statements} SQL"))
             .collect();
-        format!("reads after the fault: {}", reads.join("; "))
+        format!("passes after the fault: {}", passes.join("; "))
+    }
+}
+
+/// After a fault: warm again, when the target cached before it (`None`: it did not).
+fn warm_ok(again: &Option<WarmAgain>) -> bool {
+    again.as_ref().is_none_or(WarmAgain::warm)
+}
+
+fn describe_again(again: &Option<WarmAgain>) -> String {
+    again.as_ref().map_or_else(|| "nothing was cached before the fault".to_owned(), WarmAgain::describe)
+}
+
+fn evidence_again(again: &Option<WarmAgain>) -> String {
+    again.as_ref().map_or_else(String::new, WarmAgain::evidence)
+}
+
+fn warm_again_s(again: &Option<WarmAgain>) -> Option<f64> {
+    again.as_ref().and_then(|a| a.after).map(|d| d.as_secs_f64())
+}
+
+/// The pages a fault check watches: three timelines nobody else reads, warmed before the fault
+/// (the premise: does this target cache at all?), and read again after it.
+struct Watched {
+    users: Vec<i64>,
+    tokens: Vec<String>,
+    /// They were served from the cache before the fault: the target caches, and must again.
+    cached_before: bool,
+}
+
+impl Watched {
+    async fn warm_up(run: &Run<'_>) -> anyhow::Result<Self> {
+        let users = run.users.timelines(3)?;
+        let tokens: Vec<String> = users.iter().map(|&u| run.token(u)).collect();
+        let cached_before = run.bar >= StageId::Stage2 && WarmAgain::watch(run, &tokens).await?.warm();
+        Ok(Self { users, tokens, cached_before })
+    }
+
+    /// After the fault: these pages and `also` (a page the fault caught cold), until all are hits.
+    async fn again(&self, run: &Run<'_>, also: &str) -> anyhow::Result<Option<WarmAgain>> {
+        if !self.cached_before {
+            return Ok(None);
+        }
+        let tokens: Vec<String> = std::iter::once(also.to_owned()).chain(self.tokens.iter().cloned()).collect();
+        Ok(Some(WarmAgain::watch(run, &tokens).await?))
     }
 }
 
@@ -124,15 +182,13 @@ pub async fn redis_hung(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
     if let Some(unproven) = redis_fault_possible(run, NAME) {
         return Ok(unproven);
     }
-    if !run.caches().await? && run.bar < StageId::Stage3 {
+    let watched = Watched::warm_up(run).await?;
+    if !watched.cached_before && run.bar < StageId::Stage3 {
         return Ok(Check::not_applicable(NAME, NO_CACHE));
     }
-    let [cold, warm, owner, author] = run.users.some_timelines()?;
+    let [cold, owner, author] = run.users.some_timelines()?;
     let free = run.env.token(run.users.budgets(1)?[0], Tier::Free);
-    let (cold_token, warm_token) = (run.token(cold), run.token(warm));
-    for _ in 0..2 {
-        run.api.feed(&warm_token, "").await?;
-    }
+    let (cold_token, warm_token, warm) = (run.token(cold), watched.tokens[0].clone(), watched.users[0]);
     let body = json!({ "user_id": owner, "body": "posted while Redis hung" });
     let frozen_at = Instant::now();
     run.env.services.owned_redis().expect("redis_fault_possible").pause();
@@ -158,14 +214,14 @@ pub async fn redis_hung(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
     let prompt =
         [&cold_read, &warm_read, &posted].into_iter().chain(free_read.as_ref()).all(|t| bound.holds(t.ms as f64));
     let free_ok = free_read.as_ref().is_none_or(|t| t.reply.status == 200);
-    let again = WarmAgain::watch(run, &cold_token).await?;
+    let again = watched.again(run, &cold_token).await?;
     let slowest = [&cold_read, &warm_read, &posted].iter().map(|t| t.ms).max().unwrap_or(0) as u64;
     report.metric("redis_hung_slowest_ms", slowest);
     let show = |t: &Timed, ok: bool| format!("{} in {} ms{}", t.reply.status, t.ms, if ok { "" } else { " (wrong)" });
     Ok(Check::new(
         NAME,
-        cold_ok && warm_ok && post_shows && prompt && free_ok && again.warm(),
-        json!({ "cold": cold_read.reply.status, "warm": warm_read.reply.status, "post": posted.reply.status, "slowest_ms": slowest, "post_in_next_read": post_shows, "warm_again_s": again.after.map(|d| d.as_secs_f64()) }),
+        cold_ok && warm_ok && post_shows && prompt && free_ok && self::warm_ok(&again),
+        json!({ "cold": cold_read.reply.status, "warm": warm_read.reply.status, "post": posted.reply.status, "slowest_ms": slowest, "post_in_next_read": post_shows, "warm_again_s": warm_again_s(&again) }),
         json!({ "cold": 200, "warm": 200, "post": 201, "slowest_ms": bound, "post_in_next_read": true, "warm_again_s": format!("<= {}", WARM_WITHIN.as_secs()) }),
         format!(
             "Redis frozen {} s: cold read {}, warm read {}, POST {}{}; Redis going on: the post {} the next read; {}",
@@ -175,7 +231,7 @@ pub async fn redis_hung(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
             show(&posted, posted.reply.status == 201),
             free_read.as_ref().map_or(String::new(), |t| format!(", free-tier read {}", show(t, t.reply.status == 200))),
             if post_shows { "is first in" } else { "is missing from" },
-            again.describe()
+            describe_again(&again)
         ),
     )
     .evidence(format!(
@@ -186,7 +242,7 @@ pub async fn redis_hung(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
         excerpt(&warm_read.reply.text(), 150),
         posted.reply.status,
         excerpt(&posted.reply.text(), 150),
-        again.evidence()
+        evidence_again(&again)
     )))
 }
 
@@ -197,7 +253,8 @@ pub async fn redis_down(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
     if let Some(unproven) = redis_fault_possible(run, NAME) {
         return Ok(unproven);
     }
-    if !run.caches().await? && run.bar < StageId::Stage3 {
+    let watched = Watched::warm_up(run).await?;
+    if !watched.cached_before && run.bar < StageId::Stage3 {
         return Ok(Check::not_applicable(NAME, NO_CACHE));
     }
     let user = run.users.timeline()?;
@@ -216,11 +273,20 @@ pub async fn redis_down(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
     // Whatever happened above, the checks after this one get their Redis back.
     run.env.restart_redis().await?;
     let (down, correct, limited) = outcome?;
-    let again = WarmAgain::watch(run, &token).await?;
-    // The limiter counts again: a free-tier request carries its bucket's state.
+    let again = watched.again(run, &token).await?;
+    // The limiter counts again (within the same bound): a free-tier request carries its bucket's
+    // state.
     let counted = if run.bar >= StageId::Stage3 {
-        let reply = run.api.feed(&free, "").await?;
-        Some(reply.status == 200 && reply.header("ratelimit").is_some())
+        let started = Instant::now();
+        let mut counted = false;
+        while !counted && started.elapsed() < WARM_WITHIN {
+            let reply = run.api.feed(&free, "").await?;
+            counted = reply.status == 200 && reply.header("ratelimit").is_some();
+            if !counted {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Some(counted)
     } else {
         None
     };
@@ -228,8 +294,8 @@ pub async fn redis_down(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
     let limiter_ok = limited.is_none_or(|s| s == 200) && counted.is_none_or(|c| c);
     Ok(Check::new(
         NAME,
-        correct && again.warm() && limiter_ok,
-        json!({ "status_while_down": down.reply.status, "correct": correct, "free_tier_status_while_down": limited, "warm_again_s": again.after.map(|d| d.as_secs_f64()), "limiter_counts_again": counted }),
+        correct && warm_ok(&again) && limiter_ok,
+        json!({ "status_while_down": down.reply.status, "correct": correct, "free_tier_status_while_down": limited, "warm_again_s": warm_again_s(&again), "limiter_counts_again": counted }),
         json!({ "status_while_down": 200, "correct": true, "free_tier_status_while_down": limited.map(|_| 200), "warm_again_s": format!("<= {}", WARM_WITHIN.as_secs()), "limiter_counts_again": counted.map(|_| true) }),
         format!(
             "{} stopped: feed {} ({}) in {} ms{}; Redis back: {}{}",
@@ -238,15 +304,15 @@ pub async fn redis_down(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resul
             if correct { "correct" } else { "wrong" },
             down.ms,
             limited.map_or(String::new(), |s| format!(", free-tier request {s} (the limiter fails open: 200)")),
-            again.describe(),
+            describe_again(&again),
             match counted {
                 Some(true) => ", the limiter counts again (RateLimit sent)",
-                Some(false) => ", but a free-tier request carried no RateLimit: the limiter does not count",
+                Some(false) => ", but for 5 s no free-tier request carried RateLimit: the limiter does not count",
                 None => "",
             }
         ),
     )
-    .evidence(format!("while down: {} {}\n{}", down.reply.status, excerpt(&down.reply.text(), 200), again.evidence())))
+    .evidence(format!("while down: {} {}\n{}", down.reply.status, excerpt(&down.reply.text(), 200), evidence_again(&again))))
 }
 
 /// `RATE_LIMIT_ON_REDIS_ERROR=closed` is honoured: an instance started with it refuses a request
@@ -304,10 +370,9 @@ pub async fn postgres_down(run: &mut Run<'_>) -> anyhow::Result<Check> {
             "DATABASE_URL points at a PostgreSQL the checker did not start; it will not stop yours (unset DATABASE_URL)",
         ));
     }
-    let caches = run.bar >= StageId::Stage2 && run.caches().await?;
-    // Timelines nobody read yet: a cache cannot answer them, the database must.
+    let watched = Watched::warm_up(run).await?;
+    // A timeline nobody read yet: a cache cannot answer it, the database must.
     let [cold, other, author] = run.users.some_timelines()?;
-    run.env.flush_redis().await?;
     run.env.services.owned_postgres().expect("checked above").stop();
     let outcome = async {
         let body = json!({ "user_id": other, "body": "while the database is down" });
@@ -324,7 +389,7 @@ pub async fn postgres_down(run: &mut Run<'_>) -> anyhow::Result<Check> {
     let (feed, posted, ready) = outcome;
     let down_ms = feed.ms.max(posted.ms).max(ready.ms);
     let (resumed, attempts, wrote) = recover(run, cold, other, author).await;
-    let again = if caches && resumed { Some(WarmAgain::watch(run, &run.token(cold)).await?) } else { None };
+    let again = if resumed { watched.again(run, &run.token(cold)).await? } else { None };
     let unavailable = |t: &Timed| t.reply.status == 503 && t.reply.is_problem_json();
     let prompt = Expectation::AtMost(RECOVERY.as_millis() as f64);
     let passed = unavailable(&feed)
@@ -332,12 +397,12 @@ pub async fn postgres_down(run: &mut Run<'_>) -> anyhow::Result<Check> {
         && ready.reply.status == 503
         && prompt.holds(down_ms as f64)
         && resumed
-        && again.as_ref().is_none_or(WarmAgain::warm);
+        && warm_ok(&again);
     Ok(Check::new(
         NAME,
         passed,
-        json!({ "feed": feed.reply.status, "post": posted.reply.status, "ready": ready.reply.status, "answered_within_ms": down_ms, "recovered": resumed, "warm_again_s": again.as_ref().and_then(|a| a.after).map(|d| d.as_secs_f64()) }),
-        json!({ "feed": 503, "post": 503, "ready": 503, "answered_within_ms": prompt, "recovered": true, "warm_again_s": if caches { format!("<= {}", WARM_WITHIN.as_secs()) } else { "(no cache)".to_owned() } }),
+        json!({ "feed": feed.reply.status, "post": posted.reply.status, "ready": ready.reply.status, "answered_within_ms": down_ms, "recovered": resumed, "warm_again_s": warm_again_s(&again) }),
+        json!({ "feed": 503, "post": 503, "ready": 503, "answered_within_ms": prompt, "recovered": true, "warm_again_s": if watched.cached_before { format!("<= {}", WARM_WITHIN.as_secs()) } else { "(nothing was cached)".to_owned() } }),
         format!(
             "Postgres stopped: cold feed {}, POST {}, /ready {} (all answered within {down_ms} ms); Postgres back: {}{}",
             feed.reply.status,

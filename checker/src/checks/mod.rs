@@ -39,6 +39,9 @@ pub struct Run<'a> {
     /// The feed statement `queries_per_request` saw, and a user whose page it read: the plan
     /// checks explain it.
     feed_statement: Option<(crate::pgss::Statement, i64)>,
+    /// Show what stage-0's bar measures of the database (the statements, their count) before
+    /// the learner's diagnosis is right: `verify --reveal`.
+    pub reveal: bool,
     /// The processes started for this run; they stop when the run ends.
     _processes: Vec<AppProcess>,
     /// The load balancer in front of them, on a cluster topology (kept to the end of the run).
@@ -127,19 +130,29 @@ fn take(pool: &[i64], next: &AtomicUsize, n: usize, what: &str) -> anyhow::Resul
     })
 }
 
-/// Run the checks of stages 0..=`bar` against `target`.
-pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::Result<Report> {
-    verify_checks(env, bar, target, &[]).await
+/// How a run of `verify` is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only these checks (all of the bar's when empty). A run of some checks says so in its
+    /// report and never counts as the bar passed.
+    pub only: Vec<CheckId>,
+    /// Show what stage-0's bar hides before the diagnosis (see [`Run::reveal`]).
+    pub reveal: bool,
 }
 
-/// [`verify`], running only the checks in `only` (all of them when it is empty). A run of some
-/// checks says so in its report and never counts as the bar passed.
+/// Run the checks of stages 0..=`bar` against `target`, showing everything they measure.
+pub async fn verify(env: &mut KataEnv, bar: StageId, target: Target) -> anyhow::Result<Report> {
+    verify_checks(env, bar, target, &Selection { only: Vec::new(), reveal: true }).await
+}
+
+/// [`verify`], as `selection` asks.
 pub async fn verify_checks(
     env: &mut KataEnv,
     bar: StageId,
     target: Target,
-    only: &[CheckId],
+    selection: &Selection,
 ) -> anyhow::Result<Report> {
+    let only = &selection.only;
     let topology = env.topology();
     let mut report = Report::new(bar, &target.label(), &target.invocation());
     describe_environment(env, &mut report);
@@ -153,6 +166,9 @@ pub async fn verify_checks(
     };
     let users = Users::load(env).await?;
     env.flush_redis().await?;
+    // A fresh pg_stat_statements for every grading: the evidence quotes the statements as this
+    // target sent them, not as an earlier run (or another implementation) first did.
+    crate::pgss::reset(&env.admin).await?;
     let Some(started) = start(env, bar, &target, launch.as_ref(), &mut report, &checks).await? else {
         return Ok(report);
     };
@@ -165,11 +181,14 @@ pub async fn verify_checks(
         users,
         launch,
         feed_statement: None,
+        reveal: selection.reveal,
         _processes: started.processes,
         _balancer: started.balancer,
     };
     for id in checks {
-        let check = measure(id, &mut run, &mut report).await.unwrap_or_else(|e| Check::errored(id, &e));
+        let started = std::time::Instant::now();
+        let mut check = measure(id, &mut run, &mut report).await.unwrap_or_else(|e| Check::errored(id, &e));
+        check.elapsed_ms = started.elapsed().as_millis() as u64;
         report.push(check);
     }
     if !report.partial {
@@ -390,8 +409,20 @@ impl Run<'_> {
 
     /// The feed as the checker's own SQL computes it, independently of any stage.
     pub async fn oracle(&self, user_id: i64, limit: i64) -> anyhow::Result<Value> {
-        let rows: Vec<(i64, String, chrono::DateTime<chrono::Utc>, i64, String, String)> = sqlx::query_as(
-            "select p.id, p.body, p.created_at, a.id, a.name, a.avatar
+        // `'oracle' as checker`: pg_stat_statements keeps the first text it sees for a statement's
+        // shape, and aliases are not part of the shape. Without a column of its own, the oracle's
+        // text would stand for a learner's JOIN of the same shape in the evidence they read.
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: i64,
+            body: String,
+            created_at: chrono::DateTime<chrono::Utc>,
+            author_id: i64,
+            name: String,
+            avatar: String,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "select p.id, p.body, p.created_at, a.id as author_id, a.name, a.avatar, 'oracle' as checker
              from posts p join users a on a.id = p.author_id
              where p.user_id = $1
              order by p.created_at desc, p.id desc
@@ -403,11 +434,11 @@ impl Run<'_> {
         .await?;
         let items = rows
             .into_iter()
-            .map(|(id, body, created_at, author_id, name, avatar)| FeedItem {
-                id,
-                body,
-                created_at,
-                author: Author { id: author_id, name, avatar },
+            .map(|row| FeedItem {
+                id: row.id,
+                body: row.body,
+                created_at: row.created_at,
+                author: Author { id: row.author_id, name: row.name, avatar: row.avatar },
             })
             .collect();
         Ok(serde_json::to_value(Feed { user_id, items })?)

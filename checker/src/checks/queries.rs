@@ -76,19 +76,42 @@ pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resu
     let (edge_statements, _) = window(run, &edge_users, "").await?;
     let edge_per_request = pgss::total_calls(&edge_statements) as f64 / edge_users.len() as f64;
 
-    report.metric("queries_per_request", per_request);
-    report.metric("feed_latency_p50_ms", percentiles(latencies).0);
-    report.diagnosis.push(format!(
-        "pg_stat_statements, delta over {REQUESTS} feed requests (one per user, limit 20, cold cache), by calls:\n{}\nthe same, by total time:\n{}",
-        pgss::table(&statements, 6),
-        pgss::table(&pgss::by_total_time(statements.clone()), 3)
-    ));
+    // Before the learner's diagnosis, stage-0's bar shows symptoms only: what the statements are
+    // and how many is what `diagnose` asks for.
+    let hidden = run.bar == StageId::Stage0 && !run.reveal;
+    let (alone_p50, _) = percentiles(latencies);
+    report.metric("feed_latency_p50_ms", alone_p50);
+    if !hidden {
+        report.metric("queries_per_request", per_request);
+        report.diagnosis.push(format!(
+            "pg_stat_statements, delta over {REQUESTS} feed requests (one per user, limit 20, cold cache), by calls:\n{}\nthe same, by total time:\n{}",
+            pgss::table(&statements, 6),
+            pgss::table(&pgss::by_total_time(statements.clone()), 3)
+        ));
+    }
 
     // Averages over the requests: whole numbers print as such, others with one decimal.
     let n = |x: f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") };
     let sizes = per_size.iter().map(|(size, x)| format!("{} at limit {size}", n(*x))).collect::<Vec<_>>().join(", ");
     let edge = n(edge_per_request);
-    let check = if run.bar == StageId::Stage0 {
+    let check = if hidden {
+        // The incident, as a user sees it: one request alone, then many at once.
+        let together = concurrent_p99(run).await?;
+        report.metric("feed_latency_50_concurrent_p99_ms", together);
+        let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
+        Check::new(
+            CheckId::QueriesPerRequest,
+            expected.holds(per_request),
+            "hidden until your diagnosis",
+            "the statements per request the incident was measured with",
+            format!(
+                "the incident reproduces: a feed request alone takes {alone_p50:.0} ms (p50), 50 at once {together:.0} ms \
+                 (p99); what the database does for one is what `cargo kata diagnose` asks you (shown once your \
+                 diagnosis is right, or with --reveal)"
+            ),
+        )
+        .on_failure("docs/stage-0.md")
+    } else if run.bar == StageId::Stage0 {
         let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
         let calls = statements
             .iter()
@@ -149,7 +172,7 @@ pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resu
     };
 
     // Diagnosis only: best effort, never a failed check.
-    if let Some(top) = statements.first().filter(|_| run.bar == StageId::Stage0)
+    if let Some(top) = statements.first().filter(|_| run.bar == StageId::Stage0 && !hidden)
         && let Ok(plan) = explain(&run.env.admin, &top.query, users[0], 20, false).await
     {
         report.diagnosis.push(format!(
@@ -159,6 +182,22 @@ pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resu
         ));
     }
     Ok(check)
+}
+
+/// The p99 of 50 concurrent cold feed requests, in ms: the incident's symptom.
+async fn concurrent_p99(run: &Run<'_>) -> anyhow::Result<f64> {
+    let tokens: Vec<String> = run.users.timelines(10)?.into_iter().map(|u| run.token(u)).collect();
+    let timed = futures::future::join_all((0..50).map(|i| {
+        let token = &tokens[i % tokens.len()];
+        async move {
+            let started = Instant::now();
+            let reply = run.api.feed(token, "").await?;
+            anyhow::ensure!(reply.status == 200, "a feed request answered {}", reply.status);
+            anyhow::Ok(started.elapsed().as_secs_f64() * 1000.0)
+        }
+    }))
+    .await;
+    Ok(percentiles(timed.into_iter().collect::<anyhow::Result<Vec<f64>>>()?).1)
 }
 
 /// EXPLAIN the feed statement: the timeline index must hand over the rows in order.

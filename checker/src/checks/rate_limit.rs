@@ -600,8 +600,8 @@ pub async fn refill(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check>
 /// bucket that refills whole tokens only and still moves its clock to now on every request never
 /// gives this client one.
 pub async fn steady_client(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
-    const EVERY: Duration = Duration::from_millis(300);
-    const FOR: Duration = Duration::from_secs(5);
+    const EVERY: Duration = Duration::from_millis(200);
+    const FOR: Duration = Duration::from_secs(3);
     let token = free_token(run)?;
     let emptying = feed_burst(&[&run.api], &token, FREE.0 as usize + 20).await;
     let started = Instant::now();
