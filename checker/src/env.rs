@@ -27,6 +27,8 @@ pub struct EnvOptions {
     /// Give the implementation a Redis Cluster (3 masters, 3 replicas) instead of one Redis:
     /// `verify --topology cluster`.
     pub redis_cluster: bool,
+    /// The seed of the data (`feed_core::seed`): the same seed, the same users and posts.
+    pub seed: u64,
 }
 
 impl Default for EnvOptions {
@@ -37,6 +39,7 @@ impl Default for EnvOptions {
             honour_env: true,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             redis_cluster: false,
+            seed: feed_core::seed::DEFAULT_SEED,
         }
     }
 }
@@ -75,7 +78,7 @@ impl KataEnv {
             .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", services.database_url))?;
         feed_core::db::migrate(&admin).await?;
         crate::pgss::ensure_extension(&admin).await?;
-        feed_core::seed::seed(&admin, options.profile, feed_core::seed::DEFAULT_SEED).await?;
+        feed_core::seed::seed(&admin, options.profile, options.seed).await?;
         let cluster = match options.redis_cluster {
             true => Some(kata_services::RedisCluster::start(3, 1).await?),
             false => None,

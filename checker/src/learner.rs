@@ -11,7 +11,8 @@ use crate::build::workspace;
 /// Where the learner's progress (hints shown) and workbench backups are kept: beside the
 /// workspace's files, not in target/, so `cargo clean` does not erase them. Git ignores it.
 pub fn state_dir() -> PathBuf {
-    workspace().join(".kata")
+    // KATA_STATE_DIR: somewhere else (the tests give each of theirs its own).
+    std::env::var_os("KATA_STATE_DIR").map_or_else(|| workspace().join(".kata"), PathBuf::from)
 }
 
 /// Where a right diagnosis is remembered (written by `diagnose`, cleared by `reset`).

@@ -12,10 +12,12 @@ pub mod client;
 pub mod diagnose;
 pub mod env;
 pub mod explain;
+pub mod incident;
 pub mod learner;
 pub mod pgss;
 pub mod registry;
 pub mod report;
+pub mod review;
 pub mod target;
 
 pub use env::{EnvOptions, KataEnv};

@@ -34,6 +34,7 @@ impl ServiceArgs {
             honour_env: true,
             ready_timeout: std::time::Duration::from_secs(self.ready_timeout_secs),
             redis_cluster: false,
+            seed: feed_core::seed::DEFAULT_SEED,
         }
     }
 }
@@ -204,6 +205,25 @@ enum Command {
         #[command(flatten)]
         services: ServiceArgs,
     },
+    /// Practise on-call: be paged with a production incident of the feed service, diagnose it
+    /// from the symptoms and the tools, then repair it (docs/interview.md, "Running an incident").
+    Incident {
+        #[command(subcommand)]
+        action: IncidentCommand,
+    },
+    /// Practise code review on a pull request to the feed service: read it, write your findings,
+    /// and have them graded by line (docs/review/README.md).
+    Review {
+        /// The pull request: pr-1, pr-2, …
+        pr: String,
+        /// Grade the findings in this file (one per line: `path:line severity: text`).
+        #[arg(long, value_name = "FINDINGS")]
+        grade: Option<std::path::PathBuf>,
+        /// Put the pull request's code in workbench/ to build, run and verify it (your files are
+        /// kept aside; `cargo kata reset workbench` puts the start back).
+        #[arg(long, conflicts_with = "grade")]
+        apply: bool,
+    },
     /// Put workbench/ back to its start (stage-0). Your files are copied aside first.
     Reset {
         /// Only `workbench` can be reset.
@@ -212,6 +232,46 @@ enum Command {
         /// Do not ask before replacing changed files.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IncidentCommand {
+    /// The incidents: each one's difficulty and what on-call is paged with.
+    List,
+    /// Start an incident and page yourself with it: services (the `medium` data), the incident's
+    /// service on --listen, a burst of its traffic. Ctrl-C ends it.
+    Start {
+        /// The incident (default: the seed's pick).
+        name: Option<String>,
+        /// Varies the incident (when no name is given), the service's name, the page size its
+        /// clients ask for and the data (default: a new one each time).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long, value_enum, default_value = "medium")]
+        profile: Profile,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        #[command(flatten)]
+        services: ServiceArgs,
+    },
+    /// State your diagnosis of the running incident: each answer is graded against what the
+    /// checker measures on it now. `incident start` says which ones the incident asks.
+    Answer {
+        #[command(flatten)]
+        answers: checker::incident::Answers,
+    },
+    /// The next hint for the running incident (counted in the report).
+    Hint,
+    /// Put the running incident's code in workbench/ to repair it.
+    Fix,
+    /// For the interviewer: time to the diagnosis, attempts, hints, and whether the repair passes.
+    Report {
+        /// Do not run `verify` on the workbench for the repair.
+        #[arg(long)]
+        no_verify: bool,
+        #[command(flatten)]
+        services: ServiceArgs,
     },
 }
 
@@ -384,6 +444,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             checker::learner::watch(&mut env, bar).await?;
         }
         Command::Reset { what: _, yes } => return reset_workbench(yes),
+        Command::Incident { action } => return incident(action).await,
+        Command::Review { pr, grade, apply } => return review(&pr, grade.as_deref(), apply),
         Command::Solution { bar } => {
             println!("You asked for the solution of {bar}:");
             println!("  the walkthrough: docs/walkthrough/{bar}.md");
@@ -411,6 +473,68 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn incident(action: IncidentCommand) -> anyhow::Result<ExitCode> {
+    use checker::incident;
+    match action {
+        IncidentCommand::List => print!("{}", incident::list()),
+        IncidentCommand::Start { name, seed, profile, listen, services } => {
+            let seed = seed.unwrap_or_else(|| chrono::Utc::now().timestamp_micros().unsigned_abs() % 1_000_000);
+            let variant = incident::Variant::new(name.as_deref(), seed)?;
+            eprintln!("starting the services with the {} data (seed {seed}), and the incident…", profile.name());
+            let running = incident::start(variant, services.options(profile), Some(&listen.to_string())).await?;
+            running.session.save()?;
+            println!("{}", running.page_text());
+            eprintln!("(Ctrl-C ends the incident and stops everything it started.)");
+            tokio::signal::ctrl_c().await?;
+        }
+        IncidentCommand::Answer { answers } => {
+            let (report, all) = incident::answer(&answers).await?;
+            print!("{report}");
+            return Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        IncidentCommand::Hint => print!("{}", incident::hint()?),
+        IncidentCommand::Fix => print!("{}", incident::fix()?),
+        IncidentCommand::Report { no_verify, services } => {
+            let session = incident::Session::load()?;
+            let verified = match (session.fixed_at_ms, no_verify) {
+                (Some(_), false) => {
+                    eprintln!("verifying the repair in workbench/…");
+                    let mut env = KataEnv::start(small(&services)).await?;
+                    let bar = session.variant.incident().repair_bar;
+                    Some(
+                        checker::checks::verify(&mut env, bar, Target::Implementation(Implementation::Workbench))
+                            .await?,
+                    )
+                }
+                _ => None,
+            };
+            print!("{}", incident::report(&session, verified.as_ref()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn review(pr: &str, grade: Option<&std::path::Path>, apply: bool) -> anyhow::Result<ExitCode> {
+    let pull = checker::review::find(pr)?;
+    match (grade, apply) {
+        (Some(findings), _) => {
+            let text = std::fs::read_to_string(findings)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", findings.display()))?;
+            let (report, all) = checker::review::grade(pull, &text)?;
+            print!("{report}");
+            Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        (None, true) => {
+            print!("{}", checker::review::apply(pull)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        (None, false) => {
+            print!("{}", checker::review::show(pull)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// The small profile, for the learner's quick loops (status, watch).
