@@ -1,22 +1,17 @@
 //! The system under test: PostgreSQL, Redis and the latency proxy, the seeded data, and the stage
 //! binary running as its own process, as it would in production.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use feed_core::seed::{DEFAULT_SEED, Profile};
-use kata_services::{AppProcess, Launch, Options, Services};
+use kata_services::{AppProcess, Launch, Options, Services, cargo};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::progress::{Step, say};
 use crate::target::Target;
-
-/// The workspace this crate was built in: where `cargo build -p stage-N` runs.
-pub const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// How long a freshly started service may take to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,45 +123,23 @@ pub fn thousands(n: i64) -> String {
 /// and the count; a failed one shows cargo's output.
 pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    let mut args = vec!["build".to_string(), "-p".into(), env!("CARGO_PKG_NAME").into()];
-    if !cfg!(debug_assertions) {
-        args.push("--release".into());
-    }
-    let mut names = Vec::new();
-    for target in targets {
-        args.extend(["-p".into(), target.package()]);
-        names.push(target.package());
-    }
-    let names = names.join(", ");
+    let packages: Vec<String> = targets.iter().map(|target| target.package()).collect();
+    let names = packages.join(", ");
+    let build = cargo::Build::new(std::iter::once(env!("CARGO_PKG_NAME").to_owned()).chain(packages)).quiet();
     let started = Instant::now();
-    let mut child = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(&args)
-        .current_dir(WORKSPACE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running cargo (is it on PATH?)")?;
-    let mut output = Vec::new();
-    let mut compiled = 0;
     let mut step = None;
-    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
-        let line = line?;
-        if let Some(krate) = line.trim_start().strip_prefix("Compiling ") {
-            compiled += 1;
-            let step = step.get_or_insert_with(|| Step::start(format!("building {names} ({profile})...")));
-            step.update(format!("building {names} ({profile}): compiling {krate}"));
-        }
-        output.push(line);
-    }
-    let status = child.wait()?;
-    if !status.success() {
+    let finished = build.run(|krate| {
+        let step = step.get_or_insert_with(|| Step::start(format!("building {names} ({profile})...")));
+        step.update(format!("building {names} ({profile}): compiled {krate}"));
+    })?;
+    if !finished.status.success() {
         if let Some(step) = step {
             step.done(format!("building {names} ({profile}) failed"));
         }
-        bail!("`cargo {}` failed ({status}):\n{}", args.join(" "), output.join("\n"));
+        bail!("`cargo {}` failed ({}):\n{}", build.args().join(" "), finished.status, finished.stderr.trim_end());
     }
     if let Some(step) = step {
+        let compiled = finished.compiled;
         step.done(format!(
             "built {names} ({profile}) in {:.1} s: {compiled} crate{} compiled",
             started.elapsed().as_secs_f64(),

@@ -1,12 +1,11 @@
 //! Putting it together: a single run, the matrix of runs on the same services, or a capacity
 //! search.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use crate::capacity::{self, Capacity};
 use crate::cli::{CapacityArgs, Common, MatrixArgs, RunArgs};
-use crate::harness::{Environment, WORKSPACE, build_targets, start_target};
+use crate::harness::{Environment, build_targets, start_target};
 use crate::load::{Endpoint, Plan};
 use crate::probes::Probes;
 use crate::progress::say;
@@ -96,8 +95,11 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let bin_dir = build_targets(&targets)?;
     let mut env = Environment::start(args.common.db_latency_ms).await?;
     let probes = Probes::connect(Some(&env.services.database_url)).await?;
-    let out_dir =
-        if args.out_dir.is_absolute() { args.out_dir.clone() } else { Path::new(WORKSPACE).join(&args.out_dir) };
+    let out_dir = if args.out_dir.is_absolute() {
+        args.out_dir.clone()
+    } else {
+        kata_services::cargo::workspace().join(&args.out_dir)
+    };
     std::fs::create_dir_all(&out_dir)?;
     let out_dir = out_dir.canonicalize().unwrap_or(out_dir);
     let mut rows = Vec::new();
@@ -157,7 +159,7 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
             capacities.targets.push((*target, found));
         }
     }
-    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let provenance = Provenance::now(&kata_services::cargo::workspace());
     let summary = out_dir.join("summary.md");
     let mut markdown = report::markdown(&provenance, &rows, &capacities);
     markdown.push_str(&format!(
@@ -206,7 +208,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
             .await?;
     drop(service);
     let capacities = Capacities { health: Some(health), targets: vec![(args.stage, found)] };
-    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let provenance = Provenance::now(&kata_services::cargo::workspace());
     print!("\n{}", report::narrow(&provenance, &[], &capacities, args.common.gate_p99.as_millis()));
     write_extra(&provenance, &[], &capacities, &args.common)?;
     Ok(ExitCode::SUCCESS)
@@ -247,7 +249,7 @@ async fn measure(
 }
 
 fn finish(rows: &[Row], capacities: &Capacities, common: &Common) -> anyhow::Result<()> {
-    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let provenance = Provenance::now(&kata_services::cargo::workspace());
     print!("\n{}", report::narrow(&provenance, rows, capacities, common.gate_p99.as_millis()));
     write_extra(&provenance, rows, capacities, common)
 }

@@ -7,6 +7,7 @@
 //! `redis-server`.
 
 mod app_process;
+pub mod cargo;
 mod haproxy;
 mod postgres;
 pub mod prometheus;
