@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use feed_core::seed::{DEFAULT_SEED, Profile};
-use kata_services::{AppProcess, Launch, Options, Services, cargo};
+use kata_services::{AppProcess, Launch, Options, ServiceRedis, Services, cargo};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -152,25 +152,22 @@ pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
 }
 
 /// Start a target from `bin_dir` against `env` as its own process (the same way the checker
-/// starts an implementation), with `extra` settings, on the schema its own migrations give it,
-/// and wait until ready. It stops when dropped; on failure the error shows its last output.
+/// starts an implementation), on `redis`, with `extra` settings, on the schema its own
+/// migrations give it, and wait until ready. It stops when dropped; on failure the error shows
+/// its last output.
 pub async fn start_target(
     bin_dir: &Path,
     target: Target,
     env: &Environment,
     jwt_secret: &str,
+    redis: ServiceRedis<'_>,
     extra: &[(String, String)],
 ) -> anyhow::Result<AppProcess> {
     // Each stage runs on the schema its own migrations give it (stage-0: no timeline index).
     let db = PgPoolOptions::new().max_connections(1).connect(&env.services.database_url).await?;
     feed_core::db::reset_to_core_schema(&db).await?;
     db.close().await;
-    let mut settings = vec![
-        // Through the latency proxy: the service must pay for every round trip it makes.
-        ("DATABASE_URL".to_owned(), env.services.service_database_url.clone()),
-        ("REDIS_URL".to_owned(), env.services.redis_url.clone()),
-        ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
-    ];
+    let mut settings = env.services.service_env(jwt_secret, redis);
     // An extra setting replaces the default of the same name.
     settings.retain(|(name, _)| !extra.iter().any(|(extra_name, _)| extra_name == name));
     settings.extend(extra.iter().cloned());

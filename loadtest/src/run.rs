@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+use kata_services::ServiceRedis;
+
 use crate::capacity::{self, Capacity};
 use crate::cli::{CapacityArgs, Common, MatrixArgs, RunArgs};
 use crate::harness::{Environment, build_targets, start_target};
@@ -68,7 +70,8 @@ pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
             let bin_dir = build_targets(&[target])?;
             let env = Environment::start(args.common.db_latency_ms).await?;
             let probes = Probes::connect(Some(&env.services.database_url)).await?;
-            let service = start_target(&bin_dir, target, &env, &args.common.jwt_secret, &[]).await?;
+            let service =
+                start_target(&bin_dir, target, &env, &args.common.jwt_secret, ServiceRedis::Direct, &[]).await?;
             let urls = [service.base_url.clone()];
             let row = measure(spec, &service.base_url, &urls, &probes, &args.common, args.report_file).await;
             drop(service);
@@ -117,7 +120,8 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
         let html = format!("{name}.html");
         let report_files =
             [html.clone(), format!("{name}.md")].iter().map(|f| out_dir.join(f).display().to_string()).collect();
-        let service = start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret, &[]).await?;
+        let service =
+            start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret, ServiceRedis::Direct, &[]).await?;
         let urls = [service.base_url.clone()];
         let row = measure(*spec, &service.base_url, &urls, &probes, &args.common, report_files).await;
         drop(service);
@@ -130,8 +134,15 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     if !args.no_capacity {
         for target in &targets {
             say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
-            let service =
-                start_target(&bin_dir, *target, &env, &args.common.jwt_secret, &capacity::unlimited()).await?;
+            let service = start_target(
+                &bin_dir,
+                *target,
+                &env,
+                &args.common.jwt_secret,
+                ServiceRedis::Direct,
+                &capacity::unlimited(),
+            )
+            .await?;
             if capacities.health.is_none() {
                 let health = capacity::search(
                     "GET /health",
@@ -193,8 +204,15 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
         None => {
             let bin_dir = build_targets(&[args.stage])?;
             let started = Environment::start(args.common.db_latency_ms).await?;
-            let process =
-                start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret, &capacity::unlimited()).await?;
+            let process = start_target(
+                &bin_dir,
+                args.stage,
+                &started,
+                &args.common.jwt_secret,
+                ServiceRedis::Direct,
+                &capacity::unlimited(),
+            )
+            .await?;
             let url = process.base_url.clone();
             env = Some(started);
             service = Some(process);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use kata_services::{AppProcess, Haproxy, RedisCluster};
+use kata_services::{AppProcess, Haproxy, RedisCluster, ServiceRedis};
 use serde::Serialize;
 
 use crate::harness::{Environment, start_target};
@@ -50,10 +50,10 @@ impl ScaleOut {
         } else {
             None
         };
-        let extra: Vec<(String, String)> = cluster.iter().flat_map(RedisCluster::service_env).collect();
+        let redis = cluster.as_ref().map_or(ServiceRedis::Direct, ServiceRedis::Cluster);
         let mut processes = Vec::new();
         for _ in 0..instances {
-            processes.push(start_target(bin_dir, target, env, jwt_secret, &extra).await?);
+            processes.push(start_target(bin_dir, target, env, jwt_secret, redis, &[]).await?);
         }
         let backends: Vec<String> =
             processes.iter().map(|p| p.base_url.trim_start_matches("http://").to_owned()).collect();

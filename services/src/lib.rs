@@ -130,6 +130,36 @@ impl Services {
     pub fn owned_postgres(&mut self) -> Option<&mut Postgres> {
         self.postgres.as_mut()
     }
+
+    /// The environment a service under test is started with (`LISTEN_ADDR` is added per
+    /// process, see [`AppProcess::start`]): the database through the latency proxy, so the
+    /// service pays for every round trip it makes; the Redis `redis` says; the secret its tokens
+    /// are signed with.
+    pub fn service_env(&self, jwt_secret: &str, redis: ServiceRedis<'_>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("DATABASE_URL".to_owned(), self.service_database_url.clone()),
+            ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
+        ];
+        match redis {
+            ServiceRedis::Proxied => env.push(("REDIS_URL".to_owned(), self.service_redis_url.clone())),
+            ServiceRedis::Direct => env.push(("REDIS_URL".to_owned(), self.redis_url.clone())),
+            ServiceRedis::Cluster(cluster) => env.extend(cluster.service_env()),
+        }
+        env
+    }
+}
+
+/// Which Redis a service under test is given.
+#[derive(Clone, Copy)]
+pub enum ServiceRedis<'a> {
+    /// [`Services::service_redis_url`]: through the Redis proxy, so the checker can hold and
+    /// order the service's Redis replies.
+    Proxied,
+    /// [`Services::redis_url`]: the server itself. The load test measures the service, and a
+    /// proxy's threads would take their share of the same CPU.
+    Direct,
+    /// The nodes of a Redis Cluster (see [`RedisCluster::service_env`]).
+    Cluster(&'a RedisCluster),
 }
 
 /// `host:port` of a `postgres://user@host:port/db` or `redis://host:port/` URL (the port
