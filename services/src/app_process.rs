@@ -1,12 +1,15 @@
 //! An implementation of the feed API running as its own process, started the way a deployment
 //! would: a command, an environment (database, Redis, secret, listen address), and a readiness
 //! probe. The checker and the load test know nothing else about it, so a stage, the learner's
-//! workbench and a service in another language are graded the same way.
+//! workbench and a service in another language are graded the same way. It starts from an empty
+//! environment: what it needs to run (see [`INHERITED`]) and the settings it is given, nothing
+//! else from the shell that started us.
 //!
 //! The process gets a process group of its own, so a shell command (`sh -c "…"`) and everything
 //! it starts are stopped together: SIGTERM first (a clean shutdown), SIGKILL if it lingers. That
 //! happens on [`AppProcess::stop_now`] and on drop, which covers errors, panics and Ctrl-C.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -33,25 +36,82 @@ impl std::fmt::Display for Launch {
     }
 }
 
-/// The service settings of `.env.example`. A graded process gets none of them from the shell
-/// that runs the checker (a `CACHE_TTL_SECS=5` left from an experiment would fail the reference
-/// stage): only what the checker sets on purpose.
-const SERVICE_SETTINGS: [&str; 14] = [
-    "LISTEN_ADDR",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "REDIS_CLUSTER_NODES",
-    "JWT_SECRET",
-    "DB_POOL_SIZE",
-    "DB_ACQUIRE_TIMEOUT_MS",
-    "CACHE_TTL_SECS",
-    "CACHE_TTL_JITTER_PCT",
-    "RATE_FREE_PER_MIN",
-    "RATE_FREE_BURST",
-    "RATE_PRO_PER_MIN",
-    "RATE_PRO_BURST",
-    "RATE_LIMIT_ON_REDIS_ERROR",
+/// What a started process inherits from the shell that runs the checker or the load test: what
+/// a program needs to run, to find its tools and to install its dependencies, and nothing that
+/// configures a service. Everything else stays behind (a `CACHE_TTL_SECS=5` left from an
+/// experiment would fail the reference stage, a `DATABASE_URL` would point it at another
+/// database): a service is graded on the settings it is given on purpose, whatever names it
+/// reads them from.
+const INHERITED: &[&str] = &[
+    // Any program: where its commands are, whose it is, where it may write.
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TZ",
+    // Text: the locale (LANG, LANGUAGE and every LC_*, see INHERITED_PREFIXES) and the terminal.
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "NO_COLOR",
+    // Rust: logs and backtraces, as the person running the checker asked for them.
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    // `--cmd 'cargo run …'`: the same toolchain, and the same target directory (not a rebuild).
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "CARGO_TARGET_DIR",
+    // A command that installs its dependencies when it first starts (examples/python/run.sh)
+    // reaches the package index the way this shell does: proxies, certificates, and pip's own
+    // settings (every PIP_*, see INHERITED_PREFIXES).
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    // Where examples/python/run.sh keeps its virtual environment.
+    "KATA_PYTHON_VENV",
 ];
+
+/// Inherited too: every name that starts with one of these (see [`INHERITED`]).
+const INHERITED_PREFIXES: &[&str] = &["LC_", "PIP_"];
+
+fn inherited(name: &OsStr) -> bool {
+    name.to_str().is_some_and(|name| {
+        INHERITED.contains(&name) || INHERITED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    })
+}
+
+/// The command that starts `launch`: from an empty environment, with what it needs to run from
+/// `caller` (the environment we were started with; see [`INHERITED`]) and the `settings` given.
+fn command(
+    launch: &Launch,
+    caller: impl IntoIterator<Item = (OsString, OsString)>,
+    settings: &[(String, String)],
+) -> Command {
+    let mut command = match launch {
+        Launch::Program(program) => Command::new(program),
+        Launch::Shell(line) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(line);
+            c
+        }
+    };
+    command
+        .env_clear()
+        .envs(caller.into_iter().filter(|(name, _)| inherited(name)))
+        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command
+}
 
 /// Why a service did not come up. The message carries the evidence: the exit status or what
 /// `/ready` last answered, and the last lines the process printed.
@@ -86,20 +146,9 @@ impl AppProcess {
             None => format!("127.0.0.1:{}", crate::free_port()?),
         };
         let log = tempfile::Builder::new().prefix("kata-app-").suffix(".log").tempfile()?;
-        let mut command = match launch {
-            Launch::Program(program) => Command::new(program),
-            Launch::Shell(line) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(line);
-                c
-            }
-        };
         use std::os::unix::process::CommandExt as _;
-        for name in SERVICE_SETTINGS {
-            command.env_remove(name);
-        }
+        let mut command = command(launch, std::env::vars_os(), env);
         command
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LISTEN_ADDR", &addr)
             .stdin(Stdio::null())
             .stdout(log.reopen()?)
@@ -178,5 +227,41 @@ impl AppProcess {
 impl Drop for AppProcess {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_inherits_what_it_needs_to_run_and_no_setting_of_the_caller() {
+        let caller = [
+            ("PATH", "/usr/bin:/bin"),
+            ("LC_ALL", "C.UTF-8"),
+            ("PIP_FIND_LINKS", "/opt/wheels"),
+            // Left in the caller's shell from an experiment: the service must not see them.
+            ("CACHE_TTL_SECS", "5"),
+            ("RATE_FREE_BURST", "1"),
+            ("DATABASE_URL", "postgres://someone@elsewhere/db"),
+            ("AWS_SECRET_ACCESS_KEY", "not for the service"),
+        ]
+        .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        let settings = [("DATABASE_URL".to_owned(), "postgres://kata@127.0.0.1:5432/kata".to_owned())];
+
+        let printed = command(&Launch::Shell("env".into()), caller, &settings).output().expect("sh runs");
+
+        let env = String::from_utf8(printed.stdout).unwrap();
+        let mut env: Vec<&str> = env.lines().filter(|line| !line.starts_with("PWD=")).collect();
+        env.sort_unstable();
+        assert_eq!(
+            env,
+            [
+                "DATABASE_URL=postgres://kata@127.0.0.1:5432/kata",
+                "LC_ALL=C.UTF-8",
+                "PATH=/usr/bin:/bin",
+                "PIP_FIND_LINKS=/opt/wheels",
+            ]
+        );
     }
 }
