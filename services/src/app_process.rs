@@ -7,7 +7,8 @@
 //!
 //! The process gets a process group of its own, so a shell command (`sh -c "…"`) and everything
 //! it starts are stopped together: SIGTERM first (a clean shutdown), SIGKILL if it lingers. That
-//! happens on [`AppProcess::stop_now`] and on drop, which covers errors, panics and Ctrl-C.
+//! happens on [`AppProcess::stop`] (async), [`AppProcess::stop_now`] and on drop, which covers
+//! errors, panics and Ctrl-C.
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read as _, Seek as _, SeekFrom};
@@ -171,7 +172,7 @@ impl AppProcess {
         loop {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 // Whatever it started in the background goes with it.
-                self.stop_now();
+                self.stop().await;
                 return Err(self.failure(format!("it exited ({status}) before answering GET /ready with 200")).into());
             }
             match client.get(&url).send().await {
@@ -185,7 +186,7 @@ impl AppProcess {
             }
             if Instant::now() > deadline {
                 let summary = format!("not ready within {} s: {last}", timeout.as_secs());
-                self.stop_now();
+                self.stop().await;
                 return Err(self.failure(summary).into());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -210,21 +211,39 @@ impl AppProcess {
         if tail.is_empty() { "(no output)".into() } else { tail }
     }
 
+    /// Stop it (see [`Self::stop_now`]) from async code: the grace period is waited out on a
+    /// blocking thread, not on the runtime's worker. Once this returns, the group is gone.
+    pub async fn stop(&mut self) {
+        let Some(child) = self.child.take() else { return };
+        let group = self.group;
+        // Cancelled or not, the blocking thread finishes the job: it owns the child now.
+        let _ = tokio::task::spawn_blocking(move || stop_group(group, child)).await;
+    }
+
     /// SIGTERM to the whole group, then SIGKILL after a grace period; whatever the leader left
-    /// in the group is killed too (also when the leader had already exited).
+    /// in the group is killed too (also when the leader had already exited). It blocks for up to
+    /// the grace period: async code calls [`Self::stop`].
     pub fn stop_now(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = killpg(self.group, Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            stop_group(self.group, child);
         }
-        let _ = killpg(self.group, Signal::SIGKILL);
-        let _ = child.wait();
     }
 }
 
+/// SIGTERM to `group`, up to [`STOP_GRACE`] for `leader` to exit, then SIGKILL to the group.
+fn stop_group(group: Pid, mut leader: Child) {
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && leader.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = leader.wait();
+}
+
 impl Drop for AppProcess {
+    /// A drop cannot wait for anything async: it stops the group right here (errors, panics and
+    /// Ctrl-C end up here).
     fn drop(&mut self) {
         self.stop_now();
     }
