@@ -19,6 +19,8 @@ use anyhow::Context as _;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::wait::{self, Look};
+
 /// How a service is started.
 #[derive(Debug, Clone)]
 pub enum Launch {
@@ -167,16 +169,14 @@ impl AppProcess {
     async fn wait_ready(&mut self, addr: &str, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let url = format!("{}/ready", self.base_url);
-        let deadline = Instant::now() + timeout;
+        // What `/ready` answered last, if anything ever did.
         let mut last = format!("nothing answered on {addr} (the LISTEN_ADDR it was given)");
-        loop {
+        let ready = async || -> anyhow::Result<Look<(), String>> {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                // Whatever it started in the background goes with it.
-                self.stop().await;
-                return Err(self.failure(format!("it exited ({status}) before answering GET /ready with 200")).into());
+                anyhow::bail!("it exited ({status}) before answering GET /ready with 200");
             }
             match client.get(&url).send().await {
-                Ok(reply) if reply.status().is_success() => return Ok(()),
+                Ok(reply) if reply.status().is_success() => return Ok(Look::Ready(())),
                 Ok(reply) => {
                     let status = reply.status();
                     let body: String = reply.text().await.unwrap_or_default().chars().take(300).collect();
@@ -184,13 +184,15 @@ impl AppProcess {
                 }
                 Err(_) => {}
             }
-            if Instant::now() > deadline {
-                let summary = format!("not ready within {} s: {last}", timeout.as_secs());
-                self.stop().await;
-                return Err(self.failure(summary).into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Look::NotYet(last.clone()))
+        };
+        let timed_out = |last| anyhow::anyhow!("not ready within {} s: {last}", timeout.as_secs());
+        if let Err(summary) = wait::until(timeout, Duration::from_millis(100), ready, timed_out).await {
+            // Whatever it started in the background goes with it.
+            self.stop().await;
+            return Err(self.failure(summary.to_string()).into());
         }
+        Ok(())
     }
 
     fn failure(&self, summary: String) -> StartFailure {

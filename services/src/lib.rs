@@ -15,6 +15,7 @@ mod proxy;
 mod redis_cluster;
 mod redis_server;
 pub mod stats;
+mod wait;
 
 pub use app_process::{AppProcess, Launch, StartFailure};
 pub use haproxy::{Backend, Haproxy};
