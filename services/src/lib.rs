@@ -25,6 +25,7 @@ pub use redis_cluster::{RedisCluster, node_url, quiet_client};
 pub use redis_server::RedisServer;
 
 use anyhow::Context as _;
+use url::Url;
 
 /// The default delay the proxy adds in each direction between the service and Postgres.
 ///
@@ -91,13 +92,13 @@ impl Services {
             let upstream = host_port(&database_url)
                 .with_context(|| format!("cannot find host:port in DATABASE_URL {database_url}"))?;
             let proxy = LatencyProxy::start(upstream, std::time::Duration::from_millis(options.db_latency_ms))?;
-            let url = replace_host_port(&database_url, &proxy.addr().to_string());
+            let url = replace_host_port(&database_url, proxy.addr())?;
             (Some(proxy), url)
         };
         let redis_upstream =
             host_port(&redis_url).with_context(|| format!("cannot find host:port in REDIS_URL {redis_url}"))?;
         let redis_proxy = LatencyProxy::start(redis_upstream, std::time::Duration::ZERO)?;
-        let service_redis_url = replace_host_port(&redis_url, &redis_proxy.addr().to_string());
+        let service_redis_url = replace_host_port(&redis_url, redis_proxy.addr())?;
         Ok(Self {
             postgres,
             redis,
@@ -166,22 +167,19 @@ pub enum ServiceRedis<'a> {
 /// `host:port` of a `postgres://user@host:port/db` or `redis://host:port/` URL (the port
 /// defaults to the scheme's: 5432 or 6379).
 fn host_port(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    if host_port.is_empty() {
-        return None;
-    }
-    let default_port = if url.starts_with("redis") { 6379 } else { 5432 };
-    Some(if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:{default_port}") })
+    let url = Url::parse(url).ok()?;
+    let host = url.host_str().filter(|host| !host.is_empty())?;
+    let default_port = if url.scheme().starts_with("redis") { 6379 } else { 5432 };
+    Some(format!("{host}:{}", url.port().unwrap_or(default_port)))
 }
 
-fn replace_host_port(url: &str, new: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("checked by host_port");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
-    format!("{scheme}://{user}{new}{tail}")
+/// `url` with its host and port replaced by `addr`'s (user, password, database and query kept).
+fn replace_host_port(url: &str, addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let cannot = |()| anyhow::anyhow!("{url} has no host to replace");
+    let mut url = Url::parse(url)?;
+    url.set_ip_host(addr.ip()).map_err(cannot)?;
+    url.set_port(Some(addr.port())).map_err(cannot)?;
+    Ok(url.into())
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes is accepted).
@@ -205,14 +203,28 @@ mod tests {
     fn host_port_is_found_with_and_without_user_and_port() {
         assert_eq!(host_port("postgres://kata@127.0.0.1:5555/kata").as_deref(), Some("127.0.0.1:5555"));
         assert_eq!(host_port("postgres://u:p@db/x?sslmode=disable").as_deref(), Some("db:5432"));
+        assert_eq!(host_port("postgresql://db").as_deref(), Some("db:5432"));
         assert_eq!(host_port("postgres:///x"), None);
+        assert_eq!(host_port("not a url"), None);
+    }
+
+    #[test]
+    fn a_redis_url_without_a_port_is_on_6379() {
+        assert_eq!(host_port("redis://127.0.0.1:6380/").as_deref(), Some("127.0.0.1:6380"));
+        assert_eq!(host_port("redis://cache").as_deref(), Some("cache:6379"));
+        assert_eq!(host_port("redis://:secret@cache/2").as_deref(), Some("cache:6379"));
+        assert_eq!(host_port("rediss://user:secret@cache:6390/0").as_deref(), Some("cache:6390"));
     }
 
     #[test]
     fn replacing_host_port_keeps_user_database_and_query() {
+        let proxy = "127.0.0.1:9".parse().unwrap();
         assert_eq!(
-            replace_host_port("postgres://u:p@db:5432/x?sslmode=disable", "127.0.0.1:9"),
+            replace_host_port("postgres://u:p@db:5432/x?sslmode=disable", proxy).unwrap(),
             "postgres://u:p@127.0.0.1:9/x?sslmode=disable"
         );
+        assert_eq!(replace_host_port("redis://:secret@cache:6379/2", proxy).unwrap(), "redis://:secret@127.0.0.1:9/2");
+        assert_eq!(replace_host_port("redis://cache", proxy).unwrap(), "redis://127.0.0.1:9");
+        assert_eq!(replace_host_port("postgres://db", "[::1]:7".parse().unwrap()).unwrap(), "postgres://[::1]:7");
     }
 }
