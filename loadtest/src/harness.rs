@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use feed_core::seed::{DEFAULT_SEED, Profile};
-use kata_services::{AppProcess, Launch, Options, ServiceRedis, Services, cargo};
+use kata_services::{AppProcess, Implementation, Launch, Options, ServiceRedis, Services, cargo};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::progress::{Step, say};
-use crate::target::Target;
 
 /// How long a freshly started service may take to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -121,11 +120,11 @@ pub fn thousands(n: i64) -> String {
 /// they resolve exactly as this executable's own build did: only the targets' crates compile
 /// (nothing when they are fresh). A build that compiles something shows a spinner, then the time
 /// and the count; a failed one shows cargo's output.
-pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
+pub fn build_targets(targets: &[Implementation]) -> anyhow::Result<PathBuf> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    let packages: Vec<String> = targets.iter().map(|target| target.package()).collect();
+    let packages: Vec<&str> = targets.iter().map(|target| target.name()).collect();
     let names = packages.join(", ");
-    let build = cargo::Build::new(std::iter::once(env!("CARGO_PKG_NAME").to_owned()).chain(packages)).quiet();
+    let build = cargo::Build::new(std::iter::once(env!("CARGO_PKG_NAME")).chain(packages)).quiet();
     let started = Instant::now();
     let mut step = None;
     let finished = build.run(|krate| {
@@ -157,7 +156,7 @@ pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
 /// its last output.
 pub async fn start_target(
     bin_dir: &Path,
-    target: Target,
+    target: Implementation,
     env: &Environment,
     jwt_secret: &str,
     redis: ServiceRedis<'_>,
@@ -171,7 +170,7 @@ pub async fn start_target(
     // An extra setting replaces the default of the same name.
     settings.retain(|(name, _)| !extra.iter().any(|(extra_name, _)| extra_name == name));
     settings.extend(extra.iter().cloned());
-    let process = AppProcess::start(&Launch::Program(bin_dir.join(target.package())), &settings, READY_TIMEOUT)
+    let process = AppProcess::start(&Launch::Program(bin_dir.join(target.name())), &settings, READY_TIMEOUT)
         .await
         .with_context(|| format!("starting {target}"))?;
     say(format!("started {target} on {}", process.base_url));

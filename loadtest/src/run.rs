@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use kata_services::ServiceRedis;
+use kata_services::{Implementation, ServiceRedis};
 
 use crate::capacity::{self, Capacity};
 use crate::cli::{CapacityArgs, Common, MatrixArgs, RunArgs};
@@ -13,18 +13,17 @@ use crate::probes::Probes;
 use crate::progress::say;
 use crate::report::{self, Capacities, Provenance, Row};
 use crate::scale_out::{ScaleOut, Spread};
-use crate::target::Target;
 
 /// One row of the matrix: what runs, at how many users, with or without the abuser.
 #[derive(Debug, Clone, Copy)]
 struct Spec {
-    target: Target,
+    target: Implementation,
     users: usize,
     abuser: bool,
 }
 
-const fn spec(stage: u8, users: usize, abuser: bool) -> Spec {
-    Spec { target: Target::Stage(stage), users, abuser }
+const fn spec(stage: usize, users: usize, abuser: bool) -> Spec {
+    Spec { target: Implementation::STAGES[stage], users, abuser }
 }
 
 /// The before/after story: the N+1 at 200 users and at 500 (the pool gives up: 503s); the JOIN
@@ -40,11 +39,16 @@ const MATRIX: [Spec; 7] = [
     spec(3, 500, true),
 ];
 
+/// Stage-3 is where the rate limiter lives: a run of it brings the abuser along by default.
+fn abuser_by_default(target: Implementation) -> bool {
+    target == Implementation::Stage3
+}
+
 /// One run; the exit code says whether the gate passed.
 pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
     crate::progress::install_goose_console();
     let target = args.stage.expect("clap requires --stage without a subcommand");
-    let spec = Spec { target, users: args.users, abuser: args.abuser || target.default_abuser() };
+    let spec = Spec { target, users: args.users, abuser: args.abuser || abuser_by_default(target) };
     let row = match &args.url {
         Some(url) => {
             // Someone else's service: count its statements only if told where its database is.
@@ -91,9 +95,9 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut specs = MATRIX.to_vec();
     if args.workbench {
-        specs.push(Spec { target: Target::Workbench, users: 500, abuser: false });
+        specs.push(Spec { target: Implementation::Workbench, users: 500, abuser: false });
     }
-    let mut targets: Vec<Target> = specs.iter().map(|s| s.target).collect();
+    let mut targets: Vec<Implementation> = specs.iter().map(|s| s.target).collect();
     targets.dedup();
     let bin_dir = build_targets(&targets)?;
     let mut env = Environment::start(args.common.db_latency_ms).await?;
@@ -157,7 +161,7 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
                 capacities.health = Some(health);
             }
             let found = capacity::search(
-                &target.package(),
+                target.name(),
                 &service.base_url,
                 Endpoint::Feed,
                 Some(&mut env),
@@ -222,7 +226,7 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
     let health =
         capacity::search("GET /health", &base_url, Endpoint::Health, env.as_mut(), &args.search, &args.common).await?;
     let found: Capacity =
-        capacity::search(&args.stage.package(), &base_url, Endpoint::Feed, env.as_mut(), &args.search, &args.common)
+        capacity::search(args.stage.name(), &base_url, Endpoint::Feed, env.as_mut(), &args.search, &args.common)
             .await?;
     drop(service);
     let capacities = Capacities { health: Some(health), targets: vec![(args.stage, found)] };

@@ -4,12 +4,11 @@
 
 use std::path::Path;
 
-use kata_services::{AppProcess, Haproxy, RedisCluster, ServiceRedis};
+use kata_services::{AppProcess, Haproxy, Implementation, RedisCluster, ServiceRedis};
 use serde::Serialize;
 
 use crate::harness::{Environment, start_target};
 use crate::progress::say;
-use crate::target::Target;
 
 pub struct ScaleOut {
     balancer: Haproxy,
@@ -38,7 +37,7 @@ pub struct Counters {
 impl ScaleOut {
     pub async fn start(
         bin_dir: &Path,
-        target: Target,
+        target: Implementation,
         env: &Environment,
         jwt_secret: &str,
         instances: u8,

@@ -9,6 +9,7 @@
 mod app_process;
 pub mod cargo;
 mod haproxy;
+mod implementation;
 mod postgres;
 pub mod prometheus;
 mod proxy;
@@ -19,6 +20,7 @@ mod wait;
 
 pub use app_process::{AppProcess, Launch, StartFailure};
 pub use haproxy::{Backend, Haproxy};
+pub use implementation::Implementation;
 pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
 pub use redis_cluster::{RedisCluster, node_url, quiet_client};
