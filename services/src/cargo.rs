@@ -80,7 +80,8 @@ pub struct Finished {
     pub status: ExitStatus,
     /// The executables built, or found up to date, by target name.
     pub executables: BTreeMap<String, PathBuf>,
-    /// How many crates this build compiled (0: everything was up to date).
+    /// How many crates this build compiled, a package's library and binary each counting as
+    /// one (0: everything was up to date).
     pub compiled: usize,
     /// The compiler's first error with a place in the code, as rustc rendered it.
     pub first_error: Option<String>,
