@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use feed_core::auth::{JwtKeys, Tier};
 use feed_core::seed::Profile;
-use kata_services::{AppProcess, Launch, Options, Services};
+use kata_services::{AppProcess, Launch, Options, ServiceRedis, Services};
 
 use crate::Implementation;
 use crate::build::Built;
@@ -88,20 +88,16 @@ impl KataEnv {
         Ok(Self { keys: JwtKeys::new(&jwt_secret), services, admin, cluster, jwt_secret, options, db_round_trip_ms })
     }
 
-    /// The environment an implementation is started with: the database through the latency
-    /// proxy, the checker's Redis through its proxy (or its cluster: `REDIS_CLUSTER_NODES`, with `REDIS_URL` one of
-    /// its nodes, since a service requires it), the secret its tokens are signed with.
-    /// (`LISTEN_ADDR` is added per process.)
+    /// The environment an implementation is started with ([`Services::service_env`]): the
+    /// database through the latency proxy, the checker's Redis through its proxy (or its
+    /// cluster: `REDIS_CLUSTER_NODES`, with `REDIS_URL` one of its nodes, since a service
+    /// requires it), the secret its tokens are signed with. (`LISTEN_ADDR` is added per process.)
     pub fn app_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
-            ("DATABASE_URL".into(), self.services.service_database_url.clone()),
-            ("JWT_SECRET".into(), self.jwt_secret.clone()),
-        ];
-        match &self.cluster {
-            Some(cluster) => env.extend(cluster.service_env()),
-            None => env.push(("REDIS_URL".into(), self.services.service_redis_url.clone())),
-        }
-        env
+        let redis = match &self.cluster {
+            Some(cluster) => ServiceRedis::Cluster(cluster),
+            None => ServiceRedis::Proxied,
+        };
+        self.services.service_env(&self.jwt_secret, redis)
     }
 
     /// Start `launch` as its own process with [`Self::app_env`] plus `extra`, ready to serve.

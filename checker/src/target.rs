@@ -53,34 +53,14 @@ impl std::fmt::Display for StageId {
     }
 }
 
-/// An implementation in this workspace, built with cargo and started as its own process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-pub enum Implementation {
-    #[value(name = "stage-0", alias = "0")]
-    #[serde(rename = "stage-0")]
-    Stage0,
-    #[value(name = "stage-1", alias = "1")]
-    #[serde(rename = "stage-1")]
-    Stage1,
-    #[value(name = "stage-2", alias = "2")]
-    #[serde(rename = "stage-2")]
-    Stage2,
-    #[value(name = "stage-3", alias = "3")]
-    #[serde(rename = "stage-3")]
-    Stage3,
-    /// `workbench/`: your own fix.
-    Workbench,
-}
+/// An implementation in this workspace (a stage or the workbench), one type for the checker and
+/// the load test.
+pub use kata_services::Implementation;
 
-impl Implementation {
-    /// Its cargo package, which is also the name of its binary.
-    pub fn name(self) -> &'static str {
-        ["stage-0", "stage-1", "stage-2", "stage-3", "workbench"][self as usize]
-    }
-
-    /// The reference implementation of a bar.
-    pub fn reference(stage: StageId) -> Self {
-        [Self::Stage0, Self::Stage1, Self::Stage2, Self::Stage3][stage as usize]
+/// A bar by its number: [`Implementation::reference`] of it is the bar's reference stage.
+impl From<StageId> for usize {
+    fn from(stage: StageId) -> usize {
+        stage as usize
     }
 }
 

@@ -246,7 +246,7 @@ fn capacity<DB: DrawingBackend>(
             .ratio(*target)
             .map_or_else(String::new, |r| format!(" = {} of /health", crate::report::percent(r)));
         let colour = if found.rate.is_some() { CAPACITY } else { OPEN };
-        bars.push((target.package(), found.rate, format!("{}{ratio}", found.display()), colour));
+        bars.push((target.name().to_owned(), found.rate, format!("{}{ratio}", found.display()), colour));
     }
     let n = bars.len();
     let labels: Vec<String> = bars.iter().map(|b| b.0.clone()).collect();
@@ -275,9 +275,10 @@ fn capacity<DB: DrawingBackend>(
 
 #[cfg(test)]
 mod tests {
+    use kata_services::Implementation;
+
     use super::*;
     use crate::report::tests::{capacities, row};
-    use crate::target::Target;
 
     #[test]
     fn the_chart_is_written_as_svg_and_png() {
@@ -287,9 +288,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let rows = [
-            row(Target::Stage(0), 200, 1073.0, 0.0, false),
-            row(Target::Stage(0), 500, 5200.0, 12.5, false),
-            row(Target::Stage(2), 500, 0.0, 0.0, true),
+            row(Implementation::Stage0, 200, 1073.0, 0.0, false),
+            row(Implementation::Stage0, 500, 5200.0, 12.5, false),
+            row(Implementation::Stage2, 500, 0.0, 0.0, true),
         ];
         let provenance = Provenance { commit: "abcdef0".into(), cores: 2, date: "2026-11-29 12:00 UTC".into() };
         let paths = draw(&provenance, &rows, &capacities(), Duration::from_millis(500), dir.path()).unwrap();

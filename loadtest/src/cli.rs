@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::target::Target;
+use kata_services::Implementation;
 
 /// Load test `GET /api/feed` with Goose and judge it against the SLO: p99 < 500 ms, < 1 % errors.
 ///
@@ -44,8 +44,14 @@ pub enum Command {
 pub struct RunArgs {
     /// What to load test: 0 (the feed as shipped), 1, 2 (+ Redis cache), 3 (+ rate limit; adds an
     /// abuser), or workbench (your fix, built and started like the stages).
-    #[arg(long, visible_alias = "target", required = true, value_name = "0|1|2|3|workbench")]
-    pub stage: Option<Target>,
+    #[arg(
+        long,
+        visible_alias = "target",
+        required = true,
+        value_name = "0|1|2|3|workbench",
+        hide_possible_values = true
+    )]
+    pub stage: Option<Implementation>,
     /// Simulated users, each a distinct free-tier user reading their own feed.
     #[arg(long, default_value_t = 50)]
     pub users: usize,
@@ -94,8 +100,8 @@ pub struct MatrixArgs {
 #[derive(Args, Debug)]
 pub struct CapacityArgs {
     /// What to search: 0, 1, 2, 3 or workbench.
-    #[arg(long, visible_alias = "target", value_name = "0|1|2|3|workbench")]
-    pub stage: Target,
+    #[arg(long, visible_alias = "target", value_name = "0|1|2|3|workbench", hide_possible_values = true)]
+    pub stage: Implementation,
     /// Search a service already running at URL instead of starting one.
     #[arg(long)]
     pub url: Option<String>,
@@ -182,7 +188,7 @@ mod tests {
     fn a_run_needs_a_stage_and_the_matrix_does_not() {
         assert!(Cli::try_parse_from(["loadtest", "--users", "5"]).is_err());
         let cli = Cli::try_parse_from(["loadtest", "--stage", "2", "--run-time", "10s", "--gate-p99", "2s"]).unwrap();
-        assert_eq!(cli.run.stage, Some(Target::Stage(2)));
+        assert_eq!(cli.run.stage, Some(Implementation::Stage2));
         assert_eq!(cli.run.common.run_time, Duration::from_secs(10));
         assert_eq!(cli.run.common.gate_p99, Duration::from_secs(2));
         let cli = Cli::try_parse_from(["loadtest", "matrix", "--run-time", "20s"]).unwrap();
@@ -193,10 +199,10 @@ mod tests {
     #[test]
     fn the_workbench_is_a_target_by_either_name() {
         let cli = Cli::try_parse_from(["loadtest", "--target", "workbench", "--abuser"]).unwrap();
-        assert_eq!(cli.run.stage, Some(Target::Workbench));
+        assert_eq!(cli.run.stage, Some(Implementation::Workbench));
         assert!(cli.run.abuser);
         let cli = Cli::try_parse_from(["loadtest", "capacity", "--stage", "1", "--step-time", "5s"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Capacity(c))
-            if c.stage == Target::Stage(1) && c.search.step_time == Duration::from_secs(5)));
+            if c.stage == Implementation::Stage1 && c.search.step_time == Duration::from_secs(5)));
     }
 }

@@ -1,22 +1,16 @@
 //! The system under test: PostgreSQL, Redis and the latency proxy, the seeded data, and the stage
 //! binary running as its own process, as it would in production.
 
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use feed_core::seed::{DEFAULT_SEED, Profile};
-use kata_services::{AppProcess, Launch, Options, Services};
+use kata_services::{AppProcess, Implementation, Launch, Options, ServiceRedis, Services, cargo};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 use crate::progress::{Step, say};
-use crate::target::Target;
-
-/// The workspace this crate was built in: where `cargo build -p stage-N` runs.
-pub const WORKSPACE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// How long a freshly started service may take to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,47 +120,25 @@ pub fn thousands(n: i64) -> String {
 /// they resolve exactly as this executable's own build did: only the targets' crates compile
 /// (nothing when they are fresh). A build that compiles something shows a spinner, then the time
 /// and the count; a failed one shows cargo's output.
-pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
+pub fn build_targets(targets: &[Implementation]) -> anyhow::Result<PathBuf> {
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    let mut args = vec!["build".to_string(), "-p".into(), env!("CARGO_PKG_NAME").into()];
-    if !cfg!(debug_assertions) {
-        args.push("--release".into());
-    }
-    let mut names = Vec::new();
-    for target in targets {
-        args.extend(["-p".into(), target.package()]);
-        names.push(target.package());
-    }
-    let names = names.join(", ");
+    let packages: Vec<&str> = targets.iter().map(|target| target.name()).collect();
+    let names = packages.join(", ");
+    let build = cargo::Build::new(std::iter::once(env!("CARGO_PKG_NAME")).chain(packages)).quiet();
     let started = Instant::now();
-    let mut child = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(&args)
-        .current_dir(WORKSPACE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running cargo (is it on PATH?)")?;
-    let mut output = Vec::new();
-    let mut compiled = 0;
     let mut step = None;
-    for line in BufReader::new(child.stderr.take().expect("piped")).lines() {
-        let line = line?;
-        if let Some(krate) = line.trim_start().strip_prefix("Compiling ") {
-            compiled += 1;
-            let step = step.get_or_insert_with(|| Step::start(format!("building {names} ({profile})...")));
-            step.update(format!("building {names} ({profile}): compiling {krate}"));
-        }
-        output.push(line);
-    }
-    let status = child.wait()?;
-    if !status.success() {
+    let finished = build.run(|krate| {
+        let step = step.get_or_insert_with(|| Step::start(format!("building {names} ({profile})...")));
+        step.update(format!("building {names} ({profile}): compiled {krate}"));
+    })?;
+    if !finished.status.success() {
         if let Some(step) = step {
             step.done(format!("building {names} ({profile}) failed"));
         }
-        bail!("`cargo {}` failed ({status}):\n{}", args.join(" "), output.join("\n"));
+        bail!("`cargo {}` failed ({}):\n{}", build.args().join(" "), finished.status, finished.stderr.trim_end());
     }
     if let Some(step) = step {
+        let compiled = finished.compiled;
         step.done(format!(
             "built {names} ({profile}) in {:.1} s: {compiled} crate{} compiled",
             started.elapsed().as_secs_f64(),
@@ -179,29 +151,26 @@ pub fn build_targets(targets: &[Target]) -> anyhow::Result<PathBuf> {
 }
 
 /// Start a target from `bin_dir` against `env` as its own process (the same way the checker
-/// starts an implementation), with `extra` settings, on the schema its own migrations give it,
-/// and wait until ready. It stops when dropped; on failure the error shows its last output.
+/// starts an implementation), on `redis`, with `extra` settings, on the schema its own
+/// migrations give it, and wait until ready. It stops when dropped; on failure the error shows
+/// its last output.
 pub async fn start_target(
     bin_dir: &Path,
-    target: Target,
+    target: Implementation,
     env: &Environment,
     jwt_secret: &str,
+    redis: ServiceRedis<'_>,
     extra: &[(String, String)],
 ) -> anyhow::Result<AppProcess> {
     // Each stage runs on the schema its own migrations give it (stage-0: no timeline index).
     let db = PgPoolOptions::new().max_connections(1).connect(&env.services.database_url).await?;
     feed_core::db::reset_to_core_schema(&db).await?;
     db.close().await;
-    let mut settings = vec![
-        // Through the latency proxy: the service must pay for every round trip it makes.
-        ("DATABASE_URL".to_owned(), env.services.service_database_url.clone()),
-        ("REDIS_URL".to_owned(), env.services.redis_url.clone()),
-        ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
-    ];
+    let mut settings = env.services.service_env(jwt_secret, redis);
     // An extra setting replaces the default of the same name.
     settings.retain(|(name, _)| !extra.iter().any(|(extra_name, _)| extra_name == name));
     settings.extend(extra.iter().cloned());
-    let process = AppProcess::start(&Launch::Program(bin_dir.join(target.package())), &settings, READY_TIMEOUT)
+    let process = AppProcess::start(&Launch::Program(bin_dir.join(target.name())), &settings, READY_TIMEOUT)
         .await
         .with_context(|| format!("starting {target}"))?;
     say(format!("started {target} on {}", process.base_url));

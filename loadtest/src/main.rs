@@ -1,7 +1,7 @@
 //! `loadtest`: drive `GET /api/feed` with Goose and judge it against the SLO.
 //!
 //! See `loadtest --help`. The modules follow a run: [`cli`] reads what to do, [`harness`] builds
-//! and starts the services and the [`target`], [`load`] is the Goose load and its gate,
+//! and starts the services and the target (a [`kata_services::Implementation`]), [`load`] is the Goose load and its gate,
 //! [`probes`] reads what Goose cannot see, [`capacity`] searches the highest rate held,
 //! [`progress`] shows it all happening, [`report`] prints the summary and writes the tables,
 //! [`chart`] draws them, and [`run`] ties them together.
@@ -16,7 +16,6 @@ mod progress;
 mod report;
 mod run;
 mod scale_out;
-mod target;
 
 use std::process::ExitCode;
 

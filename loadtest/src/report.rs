@@ -7,12 +7,12 @@ use std::path::Path;
 use anyhow::Context as _;
 use goose::metrics::GooseRequestMetricTimingData;
 use goose::threshold::ThresholdResult;
+use kata_services::Implementation;
 use serde::Serialize;
 
 use crate::capacity::Capacity;
 use crate::load::{AbuserCounts, FEED_REQUEST, Outcome};
 use crate::probes::{PoolUse, Snapshot};
-use crate::target::Target;
 
 /// The widest line the terminal summary prints.
 #[cfg(test)]
@@ -20,7 +20,7 @@ const NARROW: usize = 100;
 
 #[derive(Debug, Serialize)]
 pub struct Row {
-    pub target: Target,
+    pub target: Implementation,
     pub users: usize,
     /// Feed requests the readers made, failed ones included, backfilled ones not.
     pub requests: usize,
@@ -52,7 +52,7 @@ pub struct Row {
 
 impl Row {
     pub fn new(
-        target: Target,
+        target: Implementation,
         users: usize,
         outcome: &Outcome,
         before: &Snapshot,
@@ -105,8 +105,8 @@ impl Row {
     /// uses; the fixed stages pass (stage-2 with an abuser and the workbench are open questions).
     fn expected_pass(&self) -> Option<bool> {
         match (self.target, self.abuser.is_some()) {
-            (Target::Stage(0), _) => Some(false),
-            (Target::Stage(2), true) | (Target::Workbench, _) => None,
+            (Implementation::Stage0, _) => Some(false),
+            (Implementation::Stage2, true) | (Implementation::Workbench, _) => None,
             _ => Some(true),
         }
     }
@@ -204,16 +204,16 @@ impl Provenance {
 #[derive(Debug, Default, Serialize)]
 pub struct Capacities {
     pub health: Option<Capacity>,
-    pub targets: Vec<(Target, Capacity)>,
+    pub targets: Vec<(Implementation, Capacity)>,
 }
 
 impl Capacities {
-    pub fn of(&self, target: Target) -> Option<&Capacity> {
+    pub fn of(&self, target: Implementation) -> Option<&Capacity> {
         self.targets.iter().find(|(t, _)| *t == target).map(|(_, c)| c)
     }
 
     /// The target's capacity over /health's, as a share.
-    pub fn ratio(&self, target: Target) -> Option<f64> {
+    pub fn ratio(&self, target: Implementation) -> Option<f64> {
         let rate = self.of(target)?.rate?;
         let health = self.health.as_ref()?.rate?;
         Some(rate / health)
@@ -365,7 +365,7 @@ pub(crate) mod tests {
             .unwrap_or_else(|e| panic!("ThresholdResult's shape changed: {e}"))
     }
 
-    pub(crate) fn row(target: Target, users: usize, p99: f64, errors: f64, abuser: bool) -> Row {
+    pub(crate) fn row(target: Implementation, users: usize, p99: f64, errors: f64, abuser: bool) -> Row {
         let passed = p99 < 500.0 && errors < 1.0;
         Row {
             target,
@@ -406,28 +406,28 @@ pub(crate) mod tests {
                 held: true,
             }],
         };
-        Capacities { health: Some(cap(12_000.0)), targets: vec![(Target::Stage(0), cap(98.0))] }
+        Capacities { health: Some(cap(12_000.0)), targets: vec![(Implementation::Stage0, cap(98.0))] }
     }
 
     #[test]
     fn the_verdict_comes_first_and_names_the_broken_rule() {
-        let failing = row(Target::Stage(0), 200, 1073.4, 0.0, false);
+        let failing = row(Implementation::Stage0, 200, 1073.4, 0.0, false);
         assert_eq!(failing.verdict_line(), "stage-0 @ 200 fails the gate, as expected: p99 1073 ms > 500 ms");
-        let surprising = row(Target::Stage(1), 500, 800.0, 3.5, false);
+        let surprising = row(Implementation::Stage1, 500, 800.0, 3.5, false);
         assert_eq!(
             surprising.verdict_line(),
             "stage-1 @ 500 FAILS the gate, which the lesson does not expect: p99 800 ms > 500 ms, errors 3.50 % > 1 %"
         );
-        let abused = row(Target::Stage(2), 500, 20.0, 0.0, true);
+        let abused = row(Implementation::Stage2, 500, 20.0, 0.0, true);
         assert_eq!(abused.verdict_line(), "stage-2 @ 500 + abuser passes the gate: p99 20 ms, errors 0.00 %");
     }
 
     #[test]
     fn the_terminal_summary_fits_a_hundred_columns() {
         let rows = [
-            row(Target::Stage(0), 500, 5_123_456.0, 42.123, false),
-            row(Target::Stage(3), 500, 4.0, 0.0, true),
-            row(Target::Workbench, 10_000, 4.0, 0.0, true),
+            row(Implementation::Stage0, 500, 5_123_456.0, 42.123, false),
+            row(Implementation::Stage3, 500, 4.0, 0.0, true),
+            row(Implementation::Workbench, 10_000, 4.0, 0.0, true),
         ];
         let provenance = Provenance {
             commit: "abcdef0 with uncommitted changes".into(),

@@ -1,29 +1,29 @@
 //! Putting it together: a single run, the matrix of runs on the same services, or a capacity
 //! search.
 
-use std::path::Path;
 use std::process::ExitCode;
+
+use kata_services::{Implementation, ServiceRedis};
 
 use crate::capacity::{self, Capacity};
 use crate::cli::{CapacityArgs, Common, MatrixArgs, RunArgs};
-use crate::harness::{Environment, WORKSPACE, build_targets, start_target};
+use crate::harness::{Environment, build_targets, start_target};
 use crate::load::{Endpoint, Plan};
 use crate::probes::Probes;
 use crate::progress::say;
 use crate::report::{self, Capacities, Provenance, Row};
 use crate::scale_out::{ScaleOut, Spread};
-use crate::target::Target;
 
 /// One row of the matrix: what runs, at how many users, with or without the abuser.
 #[derive(Debug, Clone, Copy)]
 struct Spec {
-    target: Target,
+    target: Implementation,
     users: usize,
     abuser: bool,
 }
 
-const fn spec(stage: u8, users: usize, abuser: bool) -> Spec {
-    Spec { target: Target::Stage(stage), users, abuser }
+const fn spec(stage: usize, users: usize, abuser: bool) -> Spec {
+    Spec { target: Implementation::STAGES[stage], users, abuser }
 }
 
 /// The before/after story: the N+1 at 200 users and at 500 (the pool gives up: 503s); the JOIN
@@ -39,11 +39,16 @@ const MATRIX: [Spec; 7] = [
     spec(3, 500, true),
 ];
 
+/// Stage-3 is where the rate limiter lives: a run of it brings the abuser along by default.
+fn abuser_by_default(target: Implementation) -> bool {
+    target == Implementation::Stage3
+}
+
 /// One run; the exit code says whether the gate passed.
 pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
     crate::progress::install_goose_console();
     let target = args.stage.expect("clap requires --stage without a subcommand");
-    let spec = Spec { target, users: args.users, abuser: args.abuser || target.default_abuser() };
+    let spec = Spec { target, users: args.users, abuser: args.abuser || abuser_by_default(target) };
     let row = match &args.url {
         Some(url) => {
             // Someone else's service: count its statements only if told where its database is.
@@ -69,7 +74,8 @@ pub async fn single(args: RunArgs) -> anyhow::Result<ExitCode> {
             let bin_dir = build_targets(&[target])?;
             let env = Environment::start(args.common.db_latency_ms).await?;
             let probes = Probes::connect(Some(&env.services.database_url)).await?;
-            let service = start_target(&bin_dir, target, &env, &args.common.jwt_secret, &[]).await?;
+            let service =
+                start_target(&bin_dir, target, &env, &args.common.jwt_secret, ServiceRedis::Direct, &[]).await?;
             let urls = [service.base_url.clone()];
             let row = measure(spec, &service.base_url, &urls, &probes, &args.common, args.report_file).await;
             drop(service);
@@ -89,15 +95,18 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let mut specs = MATRIX.to_vec();
     if args.workbench {
-        specs.push(Spec { target: Target::Workbench, users: 500, abuser: false });
+        specs.push(Spec { target: Implementation::Workbench, users: 500, abuser: false });
     }
-    let mut targets: Vec<Target> = specs.iter().map(|s| s.target).collect();
+    let mut targets: Vec<Implementation> = specs.iter().map(|s| s.target).collect();
     targets.dedup();
     let bin_dir = build_targets(&targets)?;
     let mut env = Environment::start(args.common.db_latency_ms).await?;
     let probes = Probes::connect(Some(&env.services.database_url)).await?;
-    let out_dir =
-        if args.out_dir.is_absolute() { args.out_dir.clone() } else { Path::new(WORKSPACE).join(&args.out_dir) };
+    let out_dir = if args.out_dir.is_absolute() {
+        args.out_dir.clone()
+    } else {
+        kata_services::cargo::workspace().join(&args.out_dir)
+    };
     std::fs::create_dir_all(&out_dir)?;
     let out_dir = out_dir.canonicalize().unwrap_or(out_dir);
     let mut rows = Vec::new();
@@ -115,7 +124,8 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
         let html = format!("{name}.html");
         let report_files =
             [html.clone(), format!("{name}.md")].iter().map(|f| out_dir.join(f).display().to_string()).collect();
-        let service = start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret, &[]).await?;
+        let service =
+            start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret, ServiceRedis::Direct, &[]).await?;
         let urls = [service.base_url.clone()];
         let row = measure(*spec, &service.base_url, &urls, &probes, &args.common, report_files).await;
         drop(service);
@@ -128,8 +138,15 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     if !args.no_capacity {
         for target in &targets {
             say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
-            let service =
-                start_target(&bin_dir, *target, &env, &args.common.jwt_secret, &capacity::unlimited()).await?;
+            let service = start_target(
+                &bin_dir,
+                *target,
+                &env,
+                &args.common.jwt_secret,
+                ServiceRedis::Direct,
+                &capacity::unlimited(),
+            )
+            .await?;
             if capacities.health.is_none() {
                 let health = capacity::search(
                     "GET /health",
@@ -144,7 +161,7 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
                 capacities.health = Some(health);
             }
             let found = capacity::search(
-                &target.package(),
+                target.name(),
                 &service.base_url,
                 Endpoint::Feed,
                 Some(&mut env),
@@ -157,7 +174,7 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
             capacities.targets.push((*target, found));
         }
     }
-    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let provenance = Provenance::now(&kata_services::cargo::workspace());
     let summary = out_dir.join("summary.md");
     let mut markdown = report::markdown(&provenance, &rows, &capacities);
     markdown.push_str(&format!(
@@ -191,8 +208,15 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
         None => {
             let bin_dir = build_targets(&[args.stage])?;
             let started = Environment::start(args.common.db_latency_ms).await?;
-            let process =
-                start_target(&bin_dir, args.stage, &started, &args.common.jwt_secret, &capacity::unlimited()).await?;
+            let process = start_target(
+                &bin_dir,
+                args.stage,
+                &started,
+                &args.common.jwt_secret,
+                ServiceRedis::Direct,
+                &capacity::unlimited(),
+            )
+            .await?;
             let url = process.base_url.clone();
             env = Some(started);
             service = Some(process);
@@ -202,11 +226,11 @@ pub async fn capacity(args: CapacityArgs) -> anyhow::Result<ExitCode> {
     let health =
         capacity::search("GET /health", &base_url, Endpoint::Health, env.as_mut(), &args.search, &args.common).await?;
     let found: Capacity =
-        capacity::search(&args.stage.package(), &base_url, Endpoint::Feed, env.as_mut(), &args.search, &args.common)
+        capacity::search(args.stage.name(), &base_url, Endpoint::Feed, env.as_mut(), &args.search, &args.common)
             .await?;
     drop(service);
     let capacities = Capacities { health: Some(health), targets: vec![(args.stage, found)] };
-    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let provenance = Provenance::now(&kata_services::cargo::workspace());
     print!("\n{}", report::narrow(&provenance, &[], &capacities, args.common.gate_p99.as_millis()));
     write_extra(&provenance, &[], &capacities, &args.common)?;
     Ok(ExitCode::SUCCESS)
@@ -247,7 +271,7 @@ async fn measure(
 }
 
 fn finish(rows: &[Row], capacities: &Capacities, common: &Common) -> anyhow::Result<()> {
-    let provenance = Provenance::now(Path::new(WORKSPACE));
+    let provenance = Provenance::now(&kata_services::cargo::workspace());
     print!("\n{}", report::narrow(&provenance, rows, capacities, common.gate_p99.as_millis()));
     write_extra(&provenance, rows, capacities, common)
 }

@@ -4,12 +4,11 @@
 
 use std::path::Path;
 
-use kata_services::{AppProcess, Haproxy, RedisCluster};
+use kata_services::{AppProcess, Haproxy, Implementation, RedisCluster, ServiceRedis};
 use serde::Serialize;
 
 use crate::harness::{Environment, start_target};
 use crate::progress::say;
-use crate::target::Target;
 
 pub struct ScaleOut {
     balancer: Haproxy,
@@ -38,7 +37,7 @@ pub struct Counters {
 impl ScaleOut {
     pub async fn start(
         bin_dir: &Path,
-        target: Target,
+        target: Implementation,
         env: &Environment,
         jwt_secret: &str,
         instances: u8,
@@ -50,10 +49,10 @@ impl ScaleOut {
         } else {
             None
         };
-        let extra: Vec<(String, String)> = cluster.iter().flat_map(RedisCluster::service_env).collect();
+        let redis = cluster.as_ref().map_or(ServiceRedis::Direct, ServiceRedis::Cluster);
         let mut processes = Vec::new();
         for _ in 0..instances {
-            processes.push(start_target(bin_dir, target, env, jwt_secret, &extra).await?);
+            processes.push(start_target(bin_dir, target, env, jwt_secret, redis, &[]).await?);
         }
         let backends: Vec<String> =
             processes.iter().map(|p| p.base_url.trim_start_matches("http://").to_owned()).collect();

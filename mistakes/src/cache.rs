@@ -66,7 +66,7 @@ impl LearnerCache {
     /// What to do with a Redis error: read Postgres instead, or (redis-error-500) fail the request.
     fn redis_failed(&self, op: &str, error: redis::RedisError) -> Result<(), FeedError> {
         if self.mistake == Mistake::RedisError500 {
-            return Err(sqlx::Error::AnyDriverError(error.into()));
+            return Err(FeedError::Cache(error));
         }
         tracing::warn!(op, %error, "redis unavailable: reading postgres");
         Ok(())

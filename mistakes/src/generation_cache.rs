@@ -213,7 +213,7 @@ impl GenerationCache {
 impl FeedSource for GenerationCache {
     async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<feed_core::api::FeedItem>, FeedError> {
         let body = self.feed_json(user_id, limit).await?;
-        let feed: feed_core::api::Feed = serde_json::from_slice(&body).map_err(|e| FeedError::Decode(e.into()))?;
+        let feed: feed_core::api::Feed = serde_json::from_slice(&body).map_err(FeedError::Decode)?;
         Ok(feed.items)
     }
 

@@ -13,6 +13,10 @@ use clap::{Parser, ValueEnum as _};
 
 pub use mistake::Mistake;
 
+/// The stages' allocator, so a mistake runs as its stage would (see [`feed_core::Allocator`]).
+#[global_allocator]
+static ALLOCATOR: feed_core::Allocator = feed_core::Allocator;
+
 /// The feed service with one plausible wrong solution in it (see mistakes/README.md).
 #[derive(Parser)]
 #[command(version, after_help = "`mistakes --list` prints every mistake with its bar and what it does.")]

@@ -1,12 +1,16 @@
 //! An implementation of the feed API running as its own process, started the way a deployment
 //! would: a command, an environment (database, Redis, secret, listen address), and a readiness
 //! probe. The checker and the load test know nothing else about it, so a stage, the learner's
-//! workbench and a service in another language are graded the same way.
+//! workbench and a service in another language are graded the same way. It starts from an empty
+//! environment: what it needs to run (see [`INHERITED`]) and the settings it is given, nothing
+//! else from the shell that started us.
 //!
 //! The process gets a process group of its own, so a shell command (`sh -c "…"`) and everything
 //! it starts are stopped together: SIGTERM first (a clean shutdown), SIGKILL if it lingers. That
-//! happens on [`AppProcess::stop_now`] and on drop, which covers errors, panics and Ctrl-C.
+//! happens on [`AppProcess::stop`] (async), [`AppProcess::stop_now`] and on drop, which covers
+//! errors, panics and Ctrl-C.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+
+use crate::wait::{self, Look};
 
 /// How a service is started.
 #[derive(Debug, Clone)]
@@ -33,25 +39,82 @@ impl std::fmt::Display for Launch {
     }
 }
 
-/// The service settings of `.env.example`. A graded process gets none of them from the shell
-/// that runs the checker (a `CACHE_TTL_SECS=5` left from an experiment would fail the reference
-/// stage): only what the checker sets on purpose.
-const SERVICE_SETTINGS: [&str; 14] = [
-    "LISTEN_ADDR",
-    "DATABASE_URL",
-    "REDIS_URL",
-    "REDIS_CLUSTER_NODES",
-    "JWT_SECRET",
-    "DB_POOL_SIZE",
-    "DB_ACQUIRE_TIMEOUT_MS",
-    "CACHE_TTL_SECS",
-    "CACHE_TTL_JITTER_PCT",
-    "RATE_FREE_PER_MIN",
-    "RATE_FREE_BURST",
-    "RATE_PRO_PER_MIN",
-    "RATE_PRO_BURST",
-    "RATE_LIMIT_ON_REDIS_ERROR",
+/// What a started process inherits from the shell that runs the checker or the load test: what
+/// a program needs to run, to find its tools and to install its dependencies, and nothing that
+/// configures a service. Everything else stays behind (a `CACHE_TTL_SECS=5` left from an
+/// experiment would fail the reference stage, a `DATABASE_URL` would point it at another
+/// database): a service is graded on the settings it is given on purpose, whatever names it
+/// reads them from.
+const INHERITED: &[&str] = &[
+    // Any program: where its commands are, whose it is, where it may write.
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TZ",
+    // Text: the locale (LANG, LANGUAGE and every LC_*, see INHERITED_PREFIXES) and the terminal.
+    "LANG",
+    "LANGUAGE",
+    "TERM",
+    "NO_COLOR",
+    // Rust: logs and backtraces, as the person running the checker asked for them.
+    "RUST_LOG",
+    "RUST_BACKTRACE",
+    "RUST_LIB_BACKTRACE",
+    // `--cmd 'cargo run …'`: the same toolchain, and the same target directory (not a rebuild).
+    "CARGO_HOME",
+    "RUSTUP_HOME",
+    "RUSTUP_TOOLCHAIN",
+    "CARGO_TARGET_DIR",
+    // A command that installs its dependencies when it first starts (examples/python/run.sh)
+    // reaches the package index the way this shell does: proxies, certificates, and pip's own
+    // settings (every PIP_*, see INHERITED_PREFIXES).
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    // Where examples/python/run.sh keeps its virtual environment.
+    "KATA_PYTHON_VENV",
 ];
+
+/// Inherited too: every name that starts with one of these (see [`INHERITED`]).
+const INHERITED_PREFIXES: &[&str] = &["LC_", "PIP_"];
+
+fn inherited(name: &OsStr) -> bool {
+    name.to_str().is_some_and(|name| {
+        INHERITED.contains(&name) || INHERITED_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+    })
+}
+
+/// The command that starts `launch`: from an empty environment, with what it needs to run from
+/// `caller` (the environment we were started with; see [`INHERITED`]) and the `settings` given.
+fn command(
+    launch: &Launch,
+    caller: impl IntoIterator<Item = (OsString, OsString)>,
+    settings: &[(String, String)],
+) -> Command {
+    let mut command = match launch {
+        Launch::Program(program) => Command::new(program),
+        Launch::Shell(line) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(line);
+            c
+        }
+    };
+    command
+        .env_clear()
+        .envs(caller.into_iter().filter(|(name, _)| inherited(name)))
+        .envs(settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command
+}
 
 /// Why a service did not come up. The message carries the evidence: the exit status or what
 /// `/ready` last answered, and the last lines the process printed.
@@ -86,20 +149,9 @@ impl AppProcess {
             None => format!("127.0.0.1:{}", crate::free_port()?),
         };
         let log = tempfile::Builder::new().prefix("kata-app-").suffix(".log").tempfile()?;
-        let mut command = match launch {
-            Launch::Program(program) => Command::new(program),
-            Launch::Shell(line) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(line);
-                c
-            }
-        };
         use std::os::unix::process::CommandExt as _;
-        for name in SERVICE_SETTINGS {
-            command.env_remove(name);
-        }
+        let mut command = command(launch, std::env::vars_os(), env);
         command
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("LISTEN_ADDR", &addr)
             .stdin(Stdio::null())
             .stdout(log.reopen()?)
@@ -117,16 +169,14 @@ impl AppProcess {
     async fn wait_ready(&mut self, addr: &str, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
         let url = format!("{}/ready", self.base_url);
-        let deadline = Instant::now() + timeout;
+        // What `/ready` answered last, if anything ever did.
         let mut last = format!("nothing answered on {addr} (the LISTEN_ADDR it was given)");
-        loop {
+        let ready = async || -> anyhow::Result<Look<(), String>> {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                // Whatever it started in the background goes with it.
-                self.stop_now();
-                return Err(self.failure(format!("it exited ({status}) before answering GET /ready with 200")).into());
+                anyhow::bail!("it exited ({status}) before answering GET /ready with 200");
             }
             match client.get(&url).send().await {
-                Ok(reply) if reply.status().is_success() => return Ok(()),
+                Ok(reply) if reply.status().is_success() => return Ok(Look::Ready(())),
                 Ok(reply) => {
                     let status = reply.status();
                     let body: String = reply.text().await.unwrap_or_default().chars().take(300).collect();
@@ -134,13 +184,15 @@ impl AppProcess {
                 }
                 Err(_) => {}
             }
-            if Instant::now() > deadline {
-                let summary = format!("not ready within {} s: {last}", timeout.as_secs());
-                self.stop_now();
-                return Err(self.failure(summary).into());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(Look::NotYet(last.clone()))
+        };
+        let timed_out = |last| anyhow::anyhow!("not ready within {} s: {last}", timeout.as_secs());
+        if let Err(summary) = wait::until(timeout, Duration::from_millis(100), ready, timed_out).await {
+            // Whatever it started in the background goes with it.
+            self.stop().await;
+            return Err(self.failure(summary.to_string()).into());
         }
+        Ok(())
     }
 
     fn failure(&self, summary: String) -> StartFailure {
@@ -161,22 +213,76 @@ impl AppProcess {
         if tail.is_empty() { "(no output)".into() } else { tail }
     }
 
+    /// Stop it (see [`Self::stop_now`]) from async code: the grace period is waited out on a
+    /// blocking thread, not on the runtime's worker. Once this returns, the group is gone.
+    pub async fn stop(&mut self) {
+        let Some(child) = self.child.take() else { return };
+        let group = self.group;
+        // Cancelled or not, the blocking thread finishes the job: it owns the child now.
+        let _ = tokio::task::spawn_blocking(move || stop_group(group, child)).await;
+    }
+
     /// SIGTERM to the whole group, then SIGKILL after a grace period; whatever the leader left
-    /// in the group is killed too (also when the leader had already exited).
+    /// in the group is killed too (also when the leader had already exited). It blocks for up to
+    /// the grace period: async code calls [`Self::stop`].
     pub fn stop_now(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = killpg(self.group, Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            stop_group(self.group, child);
         }
-        let _ = killpg(self.group, Signal::SIGKILL);
-        let _ = child.wait();
     }
 }
 
+/// SIGTERM to `group`, up to [`STOP_GRACE`] for `leader` to exit, then SIGKILL to the group.
+fn stop_group(group: Pid, mut leader: Child) {
+    let _ = killpg(group, Signal::SIGTERM);
+    let deadline = Instant::now() + STOP_GRACE;
+    while Instant::now() < deadline && leader.try_wait().ok().flatten().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let _ = leader.wait();
+}
+
 impl Drop for AppProcess {
+    /// A drop cannot wait for anything async: it stops the group right here (errors, panics and
+    /// Ctrl-C end up here).
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_inherits_what_it_needs_to_run_and_no_setting_of_the_caller() {
+        let caller = [
+            ("PATH", "/usr/bin:/bin"),
+            ("LC_ALL", "C.UTF-8"),
+            ("PIP_FIND_LINKS", "/opt/wheels"),
+            // Left in the caller's shell from an experiment: the service must not see them.
+            ("CACHE_TTL_SECS", "5"),
+            ("RATE_FREE_BURST", "1"),
+            ("DATABASE_URL", "postgres://someone@elsewhere/db"),
+            ("AWS_SECRET_ACCESS_KEY", "not for the service"),
+        ]
+        .map(|(name, value)| (OsString::from(name), OsString::from(value)));
+        let settings = [("DATABASE_URL".to_owned(), "postgres://kata@127.0.0.1:5432/kata".to_owned())];
+
+        let printed = command(&Launch::Shell("env".into()), caller, &settings).output().expect("sh runs");
+
+        let env = String::from_utf8(printed.stdout).unwrap();
+        let mut env: Vec<&str> = env.lines().filter(|line| !line.starts_with("PWD=")).collect();
+        env.sort_unstable();
+        assert_eq!(
+            env,
+            [
+                "DATABASE_URL=postgres://kata@127.0.0.1:5432/kata",
+                "LC_ALL=C.UTF-8",
+                "PATH=/usr/bin:/bin",
+                "PIP_FIND_LINKS=/opt/wheels",
+            ]
+        );
     }
 }

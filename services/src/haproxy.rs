@@ -8,9 +8,11 @@
 //! free port with a generated configuration, stopped when dropped.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::wait::{self, Look};
 
 pub struct Haproxy {
     child: Option<Child>,
@@ -58,8 +60,7 @@ impl Haproxy {
             .spawn()
             .context("starting haproxy")?;
         let mut proxy = Self { child: Some(child), port, stats_port, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let all_up = async || -> anyhow::Result<Look<(), Vec<Backend>>> {
             if let Some(child) = proxy.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -67,18 +68,21 @@ impl Haproxy {
                 bail!("HAProxy exited ({status}) on {listen}:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
             }
             let states = proxy.backends().await.unwrap_or_default();
-            if !states.is_empty() && states.iter().all(|b| b.status == "UP") {
-                return Ok(proxy);
-            }
-            if Instant::now() > deadline {
-                let states: Vec<String> = states.iter().map(|b| format!("{} {}", b.name, b.status)).collect();
-                bail!(
-                    "HAProxy on {listen}: not every backend passed its health check (GET /health 200) within 10 s: {}",
-                    states.join(", ")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if !states.is_empty() && states.iter().all(|b| b.status == "UP") {
+                Look::Ready(())
+            } else {
+                Look::NotYet(states)
+            })
+        };
+        let timed_out = |states: Vec<Backend>| {
+            let states: Vec<String> = states.iter().map(|b| format!("{} {}", b.name, b.status)).collect();
+            anyhow!(
+                "HAProxy on {listen}: not every backend passed its health check (GET /health 200) within 10 s: {}",
+                states.join(", ")
+            )
+        };
+        wait::until(Duration::from_secs(10), Duration::from_millis(50), all_up, timed_out).await?;
+        Ok(proxy)
     }
 
     /// The balancer's address on loopback (whatever interface it was bound to).

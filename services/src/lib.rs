@@ -7,22 +7,27 @@
 //! `redis-server`.
 
 mod app_process;
+pub mod cargo;
 mod haproxy;
+mod implementation;
 mod postgres;
 pub mod prometheus;
 mod proxy;
 mod redis_cluster;
 mod redis_server;
 pub mod stats;
+mod wait;
 
 pub use app_process::{AppProcess, Launch, StartFailure};
 pub use haproxy::{Backend, Haproxy};
+pub use implementation::Implementation;
 pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
 pub use redis_cluster::{RedisCluster, node_url, quiet_client};
 pub use redis_server::RedisServer;
 
 use anyhow::Context as _;
+use url::Url;
 
 /// The default delay the proxy adds in each direction between the service and Postgres.
 ///
@@ -89,13 +94,13 @@ impl Services {
             let upstream = host_port(&database_url)
                 .with_context(|| format!("cannot find host:port in DATABASE_URL {database_url}"))?;
             let proxy = LatencyProxy::start(upstream, std::time::Duration::from_millis(options.db_latency_ms))?;
-            let url = replace_host_port(&database_url, &proxy.addr().to_string());
+            let url = replace_host_port(&database_url, proxy.addr())?;
             (Some(proxy), url)
         };
         let redis_upstream =
             host_port(&redis_url).with_context(|| format!("cannot find host:port in REDIS_URL {redis_url}"))?;
         let redis_proxy = LatencyProxy::start(redis_upstream, std::time::Duration::ZERO)?;
-        let service_redis_url = replace_host_port(&redis_url, &redis_proxy.addr().to_string());
+        let service_redis_url = replace_host_port(&redis_url, redis_proxy.addr())?;
         Ok(Self {
             postgres,
             redis,
@@ -129,27 +134,54 @@ impl Services {
     pub fn owned_postgres(&mut self) -> Option<&mut Postgres> {
         self.postgres.as_mut()
     }
+
+    /// The environment a service under test is started with (`LISTEN_ADDR` is added per
+    /// process, see [`AppProcess::start`]): the database through the latency proxy, so the
+    /// service pays for every round trip it makes; the Redis `redis` says; the secret its tokens
+    /// are signed with.
+    pub fn service_env(&self, jwt_secret: &str, redis: ServiceRedis<'_>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("DATABASE_URL".to_owned(), self.service_database_url.clone()),
+            ("JWT_SECRET".to_owned(), jwt_secret.to_owned()),
+        ];
+        match redis {
+            ServiceRedis::Proxied => env.push(("REDIS_URL".to_owned(), self.service_redis_url.clone())),
+            ServiceRedis::Direct => env.push(("REDIS_URL".to_owned(), self.redis_url.clone())),
+            ServiceRedis::Cluster(cluster) => env.extend(cluster.service_env()),
+        }
+        env
+    }
+}
+
+/// Which Redis a service under test is given.
+#[derive(Clone, Copy)]
+pub enum ServiceRedis<'a> {
+    /// [`Services::service_redis_url`]: through the Redis proxy, so the checker can hold and
+    /// order the service's Redis replies.
+    Proxied,
+    /// [`Services::redis_url`]: the server itself. The load test measures the service, and a
+    /// proxy's threads would take their share of the same CPU.
+    Direct,
+    /// The nodes of a Redis Cluster (see [`RedisCluster::service_env`]).
+    Cluster(&'a RedisCluster),
 }
 
 /// `host:port` of a `postgres://user@host:port/db` or `redis://host:port/` URL (the port
 /// defaults to the scheme's: 5432 or 6379).
 fn host_port(url: &str) -> Option<String> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    if host_port.is_empty() {
-        return None;
-    }
-    let default_port = if url.starts_with("redis") { 6379 } else { 5432 };
-    Some(if host_port.contains(':') { host_port.to_string() } else { format!("{host_port}:{default_port}") })
+    let url = Url::parse(url).ok()?;
+    let host = url.host_str().filter(|host| !host.is_empty())?;
+    let default_port = if url.scheme().starts_with("redis") { 6379 } else { 5432 };
+    Some(format!("{host}:{}", url.port().unwrap_or(default_port)))
 }
 
-fn replace_host_port(url: &str, new: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("checked by host_port");
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let user = authority.rsplit_once('@').map(|(u, _)| format!("{u}@")).unwrap_or_default();
-    format!("{scheme}://{user}{new}{tail}")
+/// `url` with its host and port replaced by `addr`'s (user, password, database and query kept).
+fn replace_host_port(url: &str, addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let cannot = |()| anyhow::anyhow!("{url} has no host to replace");
+    let mut url = Url::parse(url)?;
+    url.set_ip_host(addr.ip()).map_err(cannot)?;
+    url.set_port(Some(addr.port())).map_err(cannot)?;
+    Ok(url.into())
 }
 
 /// A free TCP port on 127.0.0.1 (the OS picks it; a tiny race with other processes is accepted).
@@ -173,14 +205,28 @@ mod tests {
     fn host_port_is_found_with_and_without_user_and_port() {
         assert_eq!(host_port("postgres://kata@127.0.0.1:5555/kata").as_deref(), Some("127.0.0.1:5555"));
         assert_eq!(host_port("postgres://u:p@db/x?sslmode=disable").as_deref(), Some("db:5432"));
+        assert_eq!(host_port("postgresql://db").as_deref(), Some("db:5432"));
         assert_eq!(host_port("postgres:///x"), None);
+        assert_eq!(host_port("not a url"), None);
+    }
+
+    #[test]
+    fn a_redis_url_without_a_port_is_on_6379() {
+        assert_eq!(host_port("redis://127.0.0.1:6380/").as_deref(), Some("127.0.0.1:6380"));
+        assert_eq!(host_port("redis://cache").as_deref(), Some("cache:6379"));
+        assert_eq!(host_port("redis://:secret@cache/2").as_deref(), Some("cache:6379"));
+        assert_eq!(host_port("rediss://user:secret@cache:6390/0").as_deref(), Some("cache:6390"));
     }
 
     #[test]
     fn replacing_host_port_keeps_user_database_and_query() {
+        let proxy = "127.0.0.1:9".parse().unwrap();
         assert_eq!(
-            replace_host_port("postgres://u:p@db:5432/x?sslmode=disable", "127.0.0.1:9"),
+            replace_host_port("postgres://u:p@db:5432/x?sslmode=disable", proxy).unwrap(),
             "postgres://u:p@127.0.0.1:9/x?sslmode=disable"
         );
+        assert_eq!(replace_host_port("redis://:secret@cache:6379/2", proxy).unwrap(), "redis://:secret@127.0.0.1:9/2");
+        assert_eq!(replace_host_port("redis://cache", proxy).unwrap(), "redis://127.0.0.1:9");
+        assert_eq!(replace_host_port("postgres://db", "[::1]:7".parse().unwrap()).unwrap(), "postgres://[::1]:7");
     }
 }

@@ -6,10 +6,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use sqlx::Connection as _;
+
+use crate::wait;
 
 pub struct Postgres {
     /// `None` once stopped, so a stopped server is never signalled again (its pid may be reused).
@@ -120,15 +122,11 @@ impl Postgres {
     }
 
     async fn wait_ready(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.admin().await {
-                Ok(_) => return Ok(()),
-                Err(e) if Instant::now() > deadline => {
-                    let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
-                    bail!("postgres did not accept connections within 30 s: {e}\n{log}");
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        match wait::until_ok(Duration::from_secs(30), Duration::from_millis(50), async || self.admin().await).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let log = std::fs::read_to_string(self.dir.path().join("postgres.log")).unwrap_or_default();
+                bail!("postgres did not accept connections within 30 s: {e}\n{log}")
             }
         }
     }

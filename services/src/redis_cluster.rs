@@ -7,7 +7,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
+
+use crate::wait::{self, Look};
 
 /// How long a master may be unreachable before its replica takes over. Production clusters use
 /// seconds too (the default is 15 s); 2 s keeps a failover check short.
@@ -70,13 +72,13 @@ impl RedisCluster {
         cluster.wait_until_ok(Duration::from_secs(20)).await?;
         // Replicas are assigned after the slots, and a replica that never synced with its master
         // refuses to take over from it: wait until every replica's link to its master is up.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while cluster.masters().await?.len() != masters || cluster.synced_replicas().await != masters * replicas {
-            if Instant::now() > deadline {
-                bail!("the Redis Cluster did not settle on {masters} masters within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let settled = async || -> anyhow::Result<Look<(), ()>> {
+            Ok(Look::when(
+                cluster.masters().await?.len() == masters && cluster.synced_replicas().await == masters * replicas,
+            ))
+        };
+        let timed_out = |()| anyhow!("the Redis Cluster did not settle on {masters} masters within 20 s");
+        wait::until(Duration::from_secs(20), Duration::from_millis(50), settled, timed_out).await?;
         Ok(cluster)
     }
 
@@ -193,20 +195,17 @@ impl RedisCluster {
     /// Wait until every running node says `cluster_state:ok` (all 16384 slots served).
     pub async fn wait_until_ok(&self, limit: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        loop {
+        let all_ok = async || -> anyhow::Result<Look<(), ()>> {
             let mut all_ok = true;
             for node in self.nodes.iter().filter(|n| n.child.is_some()) {
                 let info = query(node.port, &redis::cmd("CLUSTER").arg("INFO").clone()).await.unwrap_or_default();
                 all_ok &= info.contains("cluster_state:ok");
             }
-            if all_ok {
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > limit {
-                bail!("the Redis Cluster did not reach cluster_state:ok within {} s", limit.as_secs());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(Look::when(all_ok))
+        };
+        let timed_out = |()| anyhow!("the Redis Cluster did not reach cluster_state:ok within {} s", limit.as_secs());
+        wait::until(limit, Duration::from_millis(50), all_ok, timed_out).await?;
+        Ok(started.elapsed())
     }
 
     /// After `dead` was killed: wait until a replica took over its slots (the cluster lists
@@ -214,21 +213,19 @@ impl RedisCluster {
     /// how long that took from the call.
     pub async fn wait_for_failover(&self, dead: u16, masters: usize, limit: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        loop {
+        let taken_over = async || -> anyhow::Result<Look<(), Vec<u16>>> {
             let now = self.masters().await.unwrap_or_default();
-            if now.len() == masters && !now.contains(&dead) {
-                let left = limit.saturating_sub(started.elapsed());
-                self.wait_until_ok(left).await?;
-                return Ok(started.elapsed());
-            }
-            if started.elapsed() > limit {
-                bail!(
-                    "no replica took over from the master on port {dead} within {} s (masters now: {now:?})",
-                    limit.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if now.len() == masters && !now.contains(&dead) { Look::Ready(()) } else { Look::NotYet(now) })
+        };
+        let timed_out = |now: Vec<u16>| {
+            anyhow!(
+                "no replica took over from the master on port {dead} within {} s (masters now: {now:?})",
+                limit.as_secs()
+            )
+        };
+        wait::until(limit, Duration::from_millis(50), taken_over, timed_out).await?;
+        self.wait_until_ok(limit.saturating_sub(started.elapsed())).await?;
+        Ok(started.elapsed())
     }
 
     async fn query_any(&self, cmd: &mut redis::Cmd) -> anyhow::Result<String> {
@@ -290,14 +287,10 @@ async fn query(port: u16, cmd: &redis::Cmd) -> anyhow::Result<String> {
 }
 
 async fn wait_for_ping(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match query(port, &redis::cmd("PING")).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => bail!("redis-server on port {port} did not answer within 10 s: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
+    wait::until_ok(Duration::from_secs(10), Duration::from_millis(20), async || query(port, &redis::cmd("PING")).await)
+        .await
+        .map_err(|e| anyhow!("redis-server on port {port} did not answer within 10 s: {e}"))?;
+    Ok(())
 }
 
 impl Drop for RedisCluster {

@@ -4,9 +4,11 @@
 //! Redis outage degrades the service instead of taking it down.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow};
+
+use crate::wait;
 
 pub struct RedisServer {
     child: Option<Child>,
@@ -76,19 +78,13 @@ impl RedisServer {
             .context("starting redis-server")?;
         self.child = Some(child);
         let client = redis::Client::open(self.url())?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match client.get_multiplexed_async_connection().await {
-                Ok(mut conn) => {
-                    let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-                    return Ok(());
-                }
-                Err(e) if Instant::now() > deadline => {
-                    bail!("redis-server did not answer within 10 s: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
+        let ping = async || -> redis::RedisResult<String> {
+            redis::cmd("PING").query_async(&mut client.get_multiplexed_async_connection().await?).await
+        };
+        wait::until_ok(Duration::from_secs(10), Duration::from_millis(20), ping)
+            .await
+            .map_err(|e| anyhow!("redis-server did not answer within 10 s: {e}"))?;
+        Ok(())
     }
 }
 

@@ -1,5 +1,9 @@
 use clap::Parser;
 
+/// The allocator of every stage: mimalloc (why: [`feed_core::Allocator`]).
+#[global_allocator]
+static ALLOCATOR: feed_core::Allocator = feed_core::Allocator;
+
 /// workbench: your version of the feed service.
 #[derive(Parser)]
 #[command(version)]

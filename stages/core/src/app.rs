@@ -27,11 +27,11 @@ pub struct Context {
 
 /// How long a Redis call may take before it counts as failed. It tells a Redis that is down or
 /// hung from one that is busy: it sits above the slowest call a healthy Redis answered under load
-/// (measured on a busy 2-core machine: max 17 ms at 300 users, 126 ms with wrk saturating the
-/// CPU), and low enough that a hung Redis costs a stage-3 request at most two of them (limiter,
-/// then cache) plus the query: about 300 ms, inside the 500 ms p99 gate (250 ms made it 503 ms).
-/// A timeout near the ~3 ms query itself would send every slow call to Postgres, exactly when the
-/// machine is busiest.
+/// (with the CPU saturated too), and low enough that a hung Redis costs a stage-3 request at most
+/// two of them (limiter, then cache) plus the query and still keeps it inside the 500 ms p99 gate.
+/// A timeout near the query's own few milliseconds would send every slow call to Postgres,
+/// exactly when the machine is busiest. docs/walkthrough/stage-2.md ("Redis down") quotes the
+/// measured figures.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(150);
 
 /// Run one Redis call under [`REDIS_TIMEOUT`]; running out of time is an error like any other,
@@ -109,7 +109,7 @@ impl AppState {
 
 /// The whole application: `/api/*` (authenticated, plus the stage's layers), `/health`,
 /// `/ready`, `/metrics`, and problem+json for anything else.
-pub fn router(ctx: &Context, stage: Stage) -> Router {
+fn router(ctx: &Context, stage: Stage) -> Router {
     // Room for the acquire timeout plus one statement_timeout; the server cuts off either first.
     let db_deadline = ctx.config.db_acquire_timeout() * 2;
     let state = AppState { db: ctx.db.clone(), redis: ctx.redis.clone(), feed: stage.feed, db_deadline };
@@ -246,7 +246,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 
 /// Serve `app` on `listener` until `shutdown` resolves, then finish in-flight requests. Each
 /// request carries the peer's address (`ConnectInfo<SocketAddr>`) for layers that want it.
-pub async fn serve(
+async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,

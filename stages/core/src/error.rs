@@ -6,6 +6,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::FeedError;
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize)]
 pub struct Problem {
@@ -78,6 +80,17 @@ fn database_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+impl From<FeedError> for ApiError {
+    fn from(error: FeedError) -> Self {
+        match error {
+            // 503 or 500, as any database error.
+            FeedError::Database(error) => error.into(),
+            // A page that does not parse, or a cache error a source let through: a bug to log.
+            error @ (FeedError::Decode(_) | FeedError::Cache(_)) => Self::Internal(error.into()),
+        }
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         Self::BadRequest(rejection.body_text())
@@ -142,3 +155,22 @@ pub struct ApiQuery<T>(pub T);
 #[derive(axum::extract::FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(error: FeedError) -> u16 {
+        ApiError::from(error).problem().status
+    }
+
+    #[test]
+    fn a_feed_error_is_a_503_only_when_the_database_cannot_serve_now() {
+        assert_eq!(status(FeedError::Database(sqlx::Error::PoolTimedOut)), 503);
+        assert_eq!(status(FeedError::Database(sqlx::Error::RowNotFound)), 500);
+        let unparsable = serde_json::from_str::<crate::api::Feed>("{").unwrap_err();
+        assert_eq!(status(FeedError::Decode(unparsable)), 500);
+        let redis_down = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(status(FeedError::Cache(redis_down)), 500, "Redis is not the database: no 'retry shortly'");
+    }
+}

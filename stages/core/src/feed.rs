@@ -2,9 +2,22 @@
 
 use crate::api::{Feed, FeedItem};
 
-/// What a feed read can fail with. Only the database can fail a read: a cache in front of it
-/// falls back to the database instead of failing (stage-2).
-pub type FeedError = sqlx::Error;
+/// What a feed read can fail with, with its cause. The handler answers each as it deserves
+/// (`stages/core/src/error.rs`): a database that cannot serve now is a 503, anything else a 500
+/// whose cause is logged, never sent.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The database failed the read: unreachable, out of time, or the statement failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A page kept as JSON (a cached body) did not parse back into items.
+    #[error("a stored feed page does not parse: {0}")]
+    Decode(#[source] serde_json::Error),
+    /// The cache failed and the source failed the read with it. The reference cache never does:
+    /// on any Redis error it reads the database instead (stage-2).
+    #[error("the feed cache failed: {0}")]
+    Cache(#[source] redis::RedisError),
+}
 
 /// Reads a user's timeline. Stage-0 implements it with lazy author loading, stage-1 with one
 /// JOIN, stage-2 wraps stage-1's in a cache. The router holds it as `Arc<dyn FeedSource>`.

@@ -10,8 +10,8 @@ use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 
-/// The process-wide recorder (the `metrics` facade allows one). Every app in the process,
-/// including the several a checker run starts, reports into it.
+/// The process's recorder (the `metrics` facade allows one per process), installed on first use.
+/// A service process serves one app, whose `/metrics` renders it.
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE

@@ -25,7 +25,7 @@ struct PostRow {
 
 impl PostRow {
     /// The post's author, like `post.author` on an ORM model.
-    async fn author(&self, db: &PgPool) -> Result<Author, FeedError> {
+    async fn author(&self, db: &PgPool) -> Result<Author, sqlx::Error> {
         sqlx::query_as::<_, (i64, String, String)>("select id, name, avatar from users where id = $1")
             .bind(self.author_id)
             .fetch_one(db)

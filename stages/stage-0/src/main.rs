@@ -1,5 +1,9 @@
 use clap::Parser;
 
+/// The allocator of every stage: mimalloc (why: [`feed_core::Allocator`]).
+#[global_allocator]
+static ALLOCATOR: feed_core::Allocator = feed_core::Allocator;
+
 /// stage-0: the feed service as it shipped (correct, and slow under load).
 #[derive(Parser)]
 #[command(version)]

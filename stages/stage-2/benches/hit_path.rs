@@ -18,6 +18,11 @@ use feed_core::api::{Author, Feed, FeedItem, MAX_LIMIT};
 use kata_services::RedisServer;
 use stage_2::{CacheConfig, CachedFeed};
 
+/// The stage binary's allocator, so the hit path is measured as it runs (see
+/// [`feed_core::Allocator`]).
+#[global_allocator]
+static ALLOCATOR: feed_core::Allocator = feed_core::Allocator;
+
 const USER: i64 = 42;
 
 /// An inner source without a database: the cache only asks it once, to fill.

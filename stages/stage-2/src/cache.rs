@@ -204,7 +204,7 @@ impl<S: FeedSource> FeedSource for CachedFeed<S> {
     /// `feed_json`): parsed from the body.
     async fn feed(&self, user_id: i64, limit: i64) -> Result<Vec<FeedItem>, FeedError> {
         let body = self.feed_json(user_id, limit).await?;
-        let feed: Feed = serde_json::from_slice(&body).map_err(|e| FeedError::Decode(e.into()))?;
+        let feed: Feed = serde_json::from_slice(&body).map_err(FeedError::Decode)?;
         Ok(feed.items)
     }
 

@@ -1,5 +1,9 @@
 use clap::Parser;
 
+/// The allocator of every stage: mimalloc (why: [`feed_core::Allocator`]).
+#[global_allocator]
+static ALLOCATOR: feed_core::Allocator = feed_core::Allocator;
+
 /// stage-3: the cached feed, with per-user token-bucket rate limiting.
 #[derive(Parser)]
 #[command(version)]
