@@ -56,6 +56,10 @@ struct Cli {
     config: feed_core::Config,
 }
 
+/// The services' allocator (see `feed_core::Allocator`).
+#[global_allocator]
+static ALLOCATOR: feed_core::Allocator = feed_core::Allocator;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::args().skip(1).any(|arg| arg == "--list") {
