@@ -42,6 +42,23 @@ impl Reply {
     }
 }
 
+/// A request's outcome as the checks count it: its status ("429"), or why no answer came ("no
+/// answer: timed out"), never a made-up status code.
+pub fn outcome(result: &anyhow::Result<Reply>) -> String {
+    match result {
+        Ok(reply) => reply.status.to_string(),
+        Err(e) => format!(
+            "no answer: {}",
+            match e.downcast_ref::<reqwest::Error>() {
+                Some(e) if e.is_timeout() => "timed out",
+                Some(e) if e.is_connect() => "could not connect",
+                Some(e) if e.is_body() || e.is_decode() => "cut off mid-body",
+                _ => "connection closed",
+            }
+        ),
+    }
+}
+
 impl Api {
     pub fn new(base_url: &str) -> Self {
         Self::from_address(base_url, None)

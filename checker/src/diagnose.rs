@@ -123,7 +123,7 @@ pub async fn measure(env: &KataEnv, target: Implementation) -> anyhow::Result<Me
 /// Two spellings of one statement (`select *` or a column list, `$1` or `42`, an alias or none,
 /// upper or lower case) have the same shape.
 pub fn shape_of(sql: &str) -> (BTreeSet<String>, BTreeSet<String>) {
-    let lower = sql.to_lowercase().replace(['"', '`', ';'], " ");
+    let lower = sql.to_lowercase().replace(['"', '`'], "").replace(';', " ");
     let spaced: String = lower.chars().map(|c| if "(),=<>!".contains(c) { ' ' } else { c }).collect();
     let words: Vec<&str> = spaced.split_whitespace().collect();
     let name = |word: &str| word.rsplit('.').next().unwrap_or(word).to_owned();

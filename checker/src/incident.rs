@@ -113,21 +113,46 @@ pub fn catalogue() -> &'static [Incident] {
     &CATALOGUE.incident
 }
 
+/// An incident by its number (`incident list`'s, which names no cause) or by its name (which
+/// does: the catalogue's, for whoever maintains it).
 pub fn find(name: &str) -> anyhow::Result<&'static Incident> {
-    catalogue().iter().find(|i| i.name == name).ok_or_else(|| {
-        let names: Vec<&str> = catalogue().iter().map(|i| i.name.as_str()).collect();
-        anyhow::anyhow!("no incident {name}; the incidents are: {}", names.join(", "))
+    let by_number = name.parse::<usize>().ok().and_then(|n| n.checked_sub(1)).and_then(|i| catalogue().get(i));
+    by_number.or_else(|| catalogue().iter().find(|i| i.name == name)).ok_or_else(|| {
+        anyhow::anyhow!("no incident {name}; `cargo kata incident list` numbers them 1 to {}", catalogue().len())
     })
 }
 
-/// `incident list`: each incident's difficulty and what on-call sees, never the cause.
-pub fn list() -> String {
-    let mut out = String::from("incident               difficulty  what on-call is paged with\n");
+impl Incident {
+    /// Its number in `incident list`: what the candidate sees instead of its name, which would
+    /// name the cause.
+    pub fn number(&self) -> usize {
+        catalogue().iter().position(|i| i.name == self.name).expect("a catalogued incident") + 1
+    }
+}
+
+/// `incident list --format markdown`: the table docs/incidents.md shows: each incident's number,
+/// difficulty and page, never its name, the answers it asks or the bar of its repair (each says
+/// where to look).
+pub fn table() -> String {
+    let mut out = String::from(
+        "| incident | difficulty | within the stages' lessons | what on-call is paged with |\n|---|---|---|---|\n",
+    );
     for incident in catalogue() {
         let alert = incident.alert.replace("{service}", "feed").replace("{limit}", "20");
-        let _ = writeln!(out, "{:<22} {:<11} {alert}", incident.name, incident.difficulty);
+        let within = if incident.lesson == "none" { "no" } else { "yes" };
+        let _ = writeln!(out, "| {} | {} | {within} | {alert} |", incident.number(), incident.difficulty);
     }
-    out.push_str("\n`cargo kata incident start NAME` (or `--seed N` for one chosen for you) pages you with one.\n");
+    out
+}
+
+/// `incident list`: each incident's number, difficulty and what on-call sees, never the cause.
+pub fn list() -> String {
+    let mut out = String::from("incident  difficulty  what on-call is paged with\n");
+    for incident in catalogue() {
+        let alert = incident.alert.replace("{service}", "feed").replace("{limit}", "20");
+        let _ = writeln!(out, "{:<9} {:<11} {alert}", incident.number(), incident.difficulty);
+    }
+    out.push_str("\n`cargo kata incident start N` (or `--seed S` for one chosen for you) pages you with one.\n");
     out
 }
 
@@ -145,7 +170,13 @@ pub struct Variant {
 impl Variant {
     /// The incident `name`, or the seed's pick, with the seed's names and sizes.
     pub fn new(name: Option<&str>, seed: u64) -> anyhow::Result<Self> {
-        let mix = |n: u64| seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17).wrapping_add(n) % 1_000_003;
+        let mix = |n: u64| {
+            use std::hash::{Hash as _, Hasher as _};
+            // SipHash with fixed keys: the same seed gives the same incident on every machine.
+            let mut hasher = std::hash::DefaultHasher::new();
+            (seed, n).hash(&mut hasher);
+            hasher.finish()
+        };
         let incident = match name {
             Some(name) => find(name)?,
             None => &catalogue()[(mix(1) % catalogue().len() as u64) as usize],
@@ -340,11 +371,11 @@ pub async fn start(variant: Variant, options: EnvOptions, listen: Option<&str>) 
     Ok(Running { env, session, page, _app: app })
 }
 
-/// The page's burst: 200 feed requests of the session's users, 20 at a time, each with a 5 s
-/// deadline (a request that does not answer counts as an error, at 5 s).
+/// The page's burst: 100 feed requests of the session's users, 20 at a time, each with a 3 s
+/// deadline (a request that does not answer counts as an error, at 3 s).
 async fn page(env: &KataEnv, api: &Api, session: &Session) -> anyhow::Result<Page> {
     use futures::StreamExt as _;
-    const REQUESTS: usize = 200;
+    const REQUESTS: usize = 100;
     let tier = if session.variant.incident().traffic == "free" {
         feed_core::auth::Tier::Free
     } else {
@@ -378,7 +409,7 @@ async fn page(env: &KataEnv, api: &Api, session: &Session) -> anyhow::Result<Pag
                 let (token, query) = (&tokens[i % tokens.len()], &query);
                 async move {
                     let sent = Instant::now();
-                    let ok = tokio::time::timeout(Duration::from_secs(5), api.feed(token, query))
+                    let ok = tokio::time::timeout(Duration::from_secs(3), api.feed(token, query))
                         .await
                         .is_ok_and(|r| r.is_ok_and(|r| r.status == 200));
                     (sent.elapsed().as_secs_f64() * 1000.0, ok)
@@ -800,7 +831,7 @@ pub fn grade(session: &Session, answers: &Answers, observed: &Observed) -> (Stri
     let _ = writeln!(out, "\n{right} of {} answers match what the checker measured just now.", incident.asks.len());
     if all {
         let minutes = (now_ms() - session.paged_at_ms) as f64 / 60_000.0;
-        let _ = writeln!(out, "Diagnosed {minutes:.1} minutes after the page. What was wrong:");
+        let _ = writeln!(out, "Diagnosed {minutes:.1} minutes after the page. What was wrong (\"{}\"):", incident.name);
         for cause in &incident.causes {
             let _ = writeln!(out, "  - {cause}");
         }
@@ -837,13 +868,10 @@ pub fn fix() -> anyhow::Result<String> {
     let code = crate::build::workspace().join("incidents/code").join(format!("{name}.rs"));
     let dir = crate::learner::workbench_dir();
     let backup = crate::learner::backup_dir();
+    // The learner's changed files go aside; then the start's feed.rs goes (the incident's lib.rs
+    // holds the whole feed). It is the start's own, so there is nothing of theirs in it to keep.
     crate::learner::reset(&dir, &backup)?;
-    let feed = dir.join("src/feed.rs");
-    if feed.exists() {
-        std::fs::create_dir_all(backup.join("src"))?;
-        std::fs::copy(&feed, backup.join("src/feed.rs"))?;
-        std::fs::remove_file(&feed)?;
-    }
+    std::fs::remove_file(dir.join("src/feed.rs"))?;
     std::fs::copy(&code, dir.join("src/lib.rs"))?;
     session.fixed_at_ms = Some(now_ms());
     session.save()?;
@@ -861,7 +889,8 @@ pub fn report(session: &Session, verified: Option<&crate::Report>) -> String {
     let incident = session.variant.incident();
     let minutes = |ms: i64| (ms - session.paged_at_ms) as f64 / 60_000.0;
     let mut out = format!(
-        "incident {} (seed {}, {}, difficulty {}, {}), paged {}\n",
+        "incident {} \"{}\" (seed {}, {}, difficulty {}, {}), paged {}\n",
+        incident.number(),
         incident.name,
         session.variant.seed,
         session.variant.service,

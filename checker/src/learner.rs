@@ -271,42 +271,17 @@ async fn watch_once(env: &mut KataEnv, bars: &[StageId]) -> anyhow::Result<Strin
     Ok(out)
 }
 
-/// The workbench as it starts: stage-0, under its own name, applying its own (so far empty)
-/// migrations. Paths are relative to `workbench/`.
-pub fn start_state() -> [(&'static str, String); 3] {
-    let lib = include_str!("../../stages/stage-0/src/lib.rs")
-        .replace(
-            "//! stage-0: the feed as it shipped. The response is right; the way it is read is not.",
-            "//! Your workbench: it starts as stage-0. Change `feed.rs` (and this file, for stage-2 and\n//! stage-3) until `cargo kata verify stage-N --target workbench` passes.",
-        )
-        .replace(
-            "    Ok(feed_core::Stage::new(\"stage-0\"",
-            "    // Your own schema changes: the .sql files in workbench/migrations/ (none yet).\n    \
-             feed_core::db::migrate_stage(&ctx.db, sqlx::migrate!(\"./migrations\"), \"workbench\").await?;\n    \
-             Ok(feed_core::Stage::new(\"workbench\"",
-        );
-    let main = include_str!("../../stages/stage-0/src/main.rs")
-        .replace(
-            "/// stage-0: the feed service as it shipped (correct, and slow under load).",
-            "/// workbench: your version of the feed service.",
-        )
-        .replace("stage_0::stage", "workbench::stage");
-    // The learner gets stage-0's code without its teaching comments: the comment that names the
-    // lesson would be the diagnosis they are asked to make (docs/stage-0.md), and so would a
-    // type named after the bug.
-    let feed = include_str!("../../stages/stage-0/src/feed.rs")
-        .lines()
-        .filter(|line| !line.trim_start().starts_with("// "))
-        .collect::<Vec<_>>()
-        .join("\n")
-        .replace(
-            "//! Reads a timeline the way an ORM with lazy relations does.",
-            "//! A user's feed: the newest posts of their timeline, each with its author.",
-        )
-        .replace("/// The post's author, like `post.author` on an ORM model.", "/// The post's author.")
-        + "\n";
-    let rename = |code: String| code.replace("PostsThenAuthors", "TimelineFeed");
-    [("src/lib.rs", rename(lib)), ("src/feed.rs", rename(feed)), ("src/main.rs", main)]
+/// The workbench as it starts: stage-0's code under its own name, applying its own (so far
+/// empty) migrations, and without stage-0's teaching comments (the comment that names the lesson
+/// would be the diagnosis the learner is asked to make, and so would a type named after the bug).
+/// Shipped as files (checker/start/), as they are; a test proves they serve what stage-0 serves.
+/// Paths are relative to `workbench/`.
+pub fn start_state() -> [(&'static str, &'static str); 3] {
+    [
+        ("src/lib.rs", include_str!("../start/src/lib.rs")),
+        ("src/feed.rs", include_str!("../start/src/feed.rs")),
+        ("src/main.rs", include_str!("../start/src/main.rs")),
+    ]
 }
 
 pub fn workbench_dir() -> PathBuf {
@@ -334,7 +309,7 @@ fn added_files(dir: &Path) -> Vec<String> {
 pub fn changed_files(dir: &Path) -> Vec<String> {
     let mut changed: Vec<String> = start_state()
         .into_iter()
-        .filter(|(name, start)| std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(start.as_str()))
+        .filter(|(name, start)| std::fs::read_to_string(dir.join(name)).ok().as_deref() != Some(*start))
         .map(|(name, _)| name.to_owned())
         .collect();
     changed.extend(added_files(dir));
@@ -385,8 +360,20 @@ mod tests {
     }
 
     #[test]
+    /// What a clone gets in workbench/ is the start state: git's HEAD when there is one (your
+    /// edits in workbench/ do not fail this test), else the files on disk.
     fn the_committed_workbench_is_the_start_state() {
-        assert_eq!(changed_files(&workbench_dir()), Vec::<String>::new());
+        for (name, start) in start_state() {
+            let committed = std::process::Command::new("git")
+                .args(["show", &format!("HEAD:workbench/{name}")])
+                .current_dir(workspace())
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .map(|out| String::from_utf8(out.stdout).expect("UTF-8 source"));
+            let shipped = committed.unwrap_or_else(|| std::fs::read_to_string(workbench_dir().join(name)).unwrap());
+            assert_eq!(shipped, start, "workbench/{name} differs from checker/start/{name}");
+        }
     }
 
     #[test]

@@ -46,9 +46,10 @@ enum Command {
     Up {
         #[arg(long, value_enum, default_value = "medium")]
         profile: Profile,
-        /// Stage to serve (none: start only the services, to run your own build against them).
-        #[arg(long, value_enum, default_value = "stage-0")]
-        serve: Serve,
+        /// What to serve: stage-0, stage-1, stage-2, stage-3, workbench, or none (start only the
+        /// services, to run your own build against them).
+        #[arg(long, default_value = "stage-0", value_parser = serve)]
+        serve: std::option::Option<Implementation>,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
         /// Serve this many instances behind HAProxy (round-robin, health-checked on /health),
@@ -83,41 +84,7 @@ enum Command {
     /// Run the checks of every stage up to STAGE against a target and report what was measured.
     /// Exit code: 0 the bar passes, 1 a check failed, 3 not proven (nothing failed, but some
     /// checks could not be run against this target), 2 the checker itself could not run.
-    Verify {
-        /// The bar: stage-0 (the feed as shipped), stage-1, stage-2 or stage-3 (`cargo kata checks` lists each one's checks).
-        stage: StageId,
-        /// What to verify: a reference stage or your workbench (default: the bar's reference).
-        /// The checker builds it with cargo and starts it as its own process.
-        #[arg(long, value_enum, conflicts_with_all = ["url", "cmd"])]
-        target: Option<Implementation>,
-        /// Any implementation, in any language: the checker starts this shell command itself
-        /// (with DATABASE_URL, REDIS_URL, JWT_SECRET and LISTEN_ADDR set), as often as it needs.
-        #[arg(long, conflicts_with = "url")]
-        cmd: Option<String>,
-        /// A service you started yourself against the checker's DATABASE_URL and REDIS_URL. What
-        /// needs the process in hand (a second instance, a Redis outage) is reported as not proven.
-        #[arg(long)]
-        url: Vec<String>,
-        #[arg(long, value_enum, default_value = "text")]
-        format: Format,
-        #[arg(long, value_enum, default_value = "small")]
-        profile: Profile,
-        /// `cluster` (stage-2 and stage-3): three instances behind HAProxy on a Redis Cluster (3
-        /// masters, 3 replicas), every check through the balancer, and a master killed mid-run
-        /// (docs/scale-out.md).
-        #[arg(long, value_enum, default_value = "single")]
-        topology: Topology,
-        /// Run only this check (repeat for more): quicker while you work on one. The report then
-        /// grades those checks, never the bar.
-        #[arg(long, value_name = "CHECK")]
-        only: Vec<CheckId>,
-        /// Show what stage-0's bar measures of the database before your diagnosis is graded
-        /// right (`cargo kata diagnose`): the statements and their count.
-        #[arg(long)]
-        reveal: bool,
-        #[command(flatten)]
-        services: ServiceArgs,
-    },
+    Verify(VerifyArgs),
     /// The promises each brief makes and the checks that enforce them, from the checker's
     /// registry: what `verify` runs, in order, and what each check measures.
     Checks {
@@ -235,14 +202,54 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The bar: stage-0 (the feed as shipped), stage-1, stage-2 or stage-3 (`cargo kata checks` lists each one's checks).
+    stage: StageId,
+    /// What to verify: a reference stage or your workbench (default: the bar's reference).
+    /// The checker builds it with cargo and starts it as its own process.
+    #[arg(long, value_enum, conflicts_with_all = ["url", "cmd"])]
+    target: Option<Implementation>,
+    /// Any implementation, in any language: the checker starts this shell command itself
+    /// (with DATABASE_URL, REDIS_URL, JWT_SECRET and LISTEN_ADDR set), as often as it needs.
+    #[arg(long, conflicts_with = "url")]
+    cmd: Option<String>,
+    /// A service you started yourself against the checker's DATABASE_URL and REDIS_URL. What
+    /// needs the process in hand (a second instance, a Redis outage) is reported as not proven.
+    #[arg(long)]
+    url: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    #[arg(long, value_enum, default_value = "small")]
+    profile: Profile,
+    /// `cluster` (stage-2 and stage-3): three instances behind HAProxy on a Redis Cluster (3
+    /// masters, 3 replicas), every check through the balancer, and a master killed mid-run
+    /// (docs/scale-out.md).
+    #[arg(long, value_enum, default_value = "single")]
+    topology: Topology,
+    /// Run only this check (repeat for more): quicker while you work on one. The report then
+    /// grades those checks, never the bar.
+    #[arg(long, value_name = "CHECK")]
+    only: Vec<CheckId>,
+    /// Show what stage-0's bar measures of the database before your diagnosis is graded
+    /// right (`cargo kata diagnose`): the statements and their count.
+    #[arg(long)]
+    reveal: bool,
+    #[command(flatten)]
+    services: ServiceArgs,
+}
+
 #[derive(Subcommand)]
 enum IncidentCommand {
     /// The incidents: each one's difficulty and what on-call is paged with.
-    List,
+    List {
+        #[arg(long, value_enum, default_value = "text")]
+        format: ChecksFormat,
+    },
     /// Start an incident and page yourself with it: services (the `medium` data), the incident's
     /// service on --listen, a burst of its traffic. Ctrl-C ends it.
     Start {
-        /// The incident (default: the seed's pick).
+        /// The incident's number in `incident list` (default: the seed's pick).
         name: Option<String>,
         /// Varies the incident (when no name is given), the service's name, the page size its
         /// clients ask for and the data (default: a new one each time).
@@ -275,18 +282,12 @@ enum IncidentCommand {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Serve {
-    #[value(name = "stage-0")]
-    Stage0,
-    #[value(name = "stage-1")]
-    Stage1,
-    #[value(name = "stage-2")]
-    Stage2,
-    #[value(name = "stage-3")]
-    Stage3,
-    Workbench,
-    None,
+/// `--serve none`, or the implementation to serve.
+fn serve(value: &str) -> Result<Option<Implementation>, String> {
+    match value {
+        "none" => Ok(None),
+        other => <Implementation as ValueEnum>::from_str(other, true).map(Some),
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -365,72 +366,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 feed_core::auth::JwtKeys::new(&secret).mint(user, tier, std::time::Duration::from_secs(hours * 3600))
             );
         }
-        Command::Verify { stage, target, cmd, url, format, profile, topology, only, reveal, services } => {
-            anyhow::ensure!(
-                topology == Topology::Single || stage >= StageId::Stage2,
-                "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
-                 use it with stage-2 or stage-3"
-            );
-            let target = match (cmd, url.is_empty()) {
-                (Some(cmd), _) => Target::Cmd(cmd),
-                (None, true) => Target::Implementation(target.unwrap_or(Implementation::reference(stage))),
-                (None, false) => {
-                    // The implementation and the checker must share the database and Redis, or the
-                    // checker would measure servers the implementation never talks to.
-                    anyhow::ensure!(
-                        ["DATABASE_URL", "REDIS_URL"].iter().all(|v| std::env::var(v).is_ok_and(|v| !v.is_empty())),
-                        "--url needs DATABASE_URL and REDIS_URL set to the servers your implementation uses \
-                         (run `cargo kata up --serve none` and export what it prints), or use --cmd and let \
-                         the checker start it"
-                    );
-                    anyhow::ensure!(
-                        topology == Topology::Single,
-                        "--topology cluster starts the instances itself (behind HAProxy, on the checker's \
-                         Redis Cluster): use --target or --cmd, not --url"
-                    );
-                    Target::Urls(url)
-                }
-            };
-            if format == Format::Text {
-                eprintln!("starting services and seeding the {} profile…", profile.name());
-            }
-            let cluster = topology == Topology::Cluster;
-            if cluster && format == Format::Text {
-                eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
-            }
-            let mut env = KataEnv::start(EnvOptions { redis_cluster: cluster, ..services.options(profile) }).await?;
-            let reveal = reveal || checker::learner::diagnosis() == Some(true);
-            let selection = checker::checks::Selection { only, reveal };
-            let report = checker::checks::verify_checks(&mut env, stage, target, &selection).await?;
-            match format {
-                Format::Text => print!("{}", report.to_text()),
-                Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-            }
-            return Ok(ExitCode::from(report.verdict.exit_code()));
-        }
+        Command::Verify(args) => return verify(args).await,
         Command::Checks { bar, part, topology, format } => {
             print!("{}", checker::registry::describe(bar, topology, part, format == ChecksFormat::Markdown));
         }
-        Command::Hint { check, restart, services } => {
-            let bar = check.as_deref().and_then(|c| <StageId as ValueEnum>::from_str(c, true).ok());
-            let check = match check {
-                Some(check) if bar.is_none() => check.parse::<CheckId>().map_err(anyhow::Error::msg)?,
-                _ => {
-                    eprintln!("grading workbench/ to find its first failing check…");
-                    let mut env = KataEnv::start(small(&services)).await?;
-                    match checker::learner::first_failing_check(&mut env, bar).await? {
-                        Some(check) => check,
-                        None => {
-                            println!(
-                                "Your workbench fails no check there: no hint needed. `cargo kata status` shows where it stands."
-                            );
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                    }
-                }
-            };
-            print!("{}", checker::learner::next_hint(check, restart)?);
-        }
+        Command::Hint { check, restart, services } => return hint(check, restart, &services).await,
         Command::Status { services } => {
             eprintln!("starting services and grading workbench/ against each bar…");
             let mut env = KataEnv::start(small(&services)).await?;
@@ -475,10 +415,82 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `verify`: which target, the services it needs, the checks, the report.
+async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let VerifyArgs { stage, target, cmd, url, format, profile, topology, only, reveal, services } = args;
+    anyhow::ensure!(
+        topology == Topology::Single || stage >= StageId::Stage2,
+        "--topology cluster grades what the instances share in Redis (the cache, the buckets): \
+         use it with stage-2 or stage-3"
+    );
+    let target = match (cmd, url.is_empty()) {
+        (Some(cmd), _) => Target::Cmd(cmd),
+        (None, true) => Target::Implementation(target.unwrap_or(Implementation::reference(stage))),
+        (None, false) => {
+            // The implementation and the checker must share the database and Redis, or the
+            // checker would measure servers the implementation never talks to.
+            anyhow::ensure!(
+                ["DATABASE_URL", "REDIS_URL"].iter().all(|v| std::env::var(v).is_ok_and(|v| !v.is_empty())),
+                "--url needs DATABASE_URL and REDIS_URL set to the servers your implementation uses \
+                 (run `cargo kata up --serve none` and export what it prints), or use --cmd and let \
+                 the checker start it"
+            );
+            anyhow::ensure!(
+                topology == Topology::Single,
+                "--topology cluster starts the instances itself (behind HAProxy, on the checker's \
+                 Redis Cluster): use --target or --cmd, not --url"
+            );
+            Target::Urls(url)
+        }
+    };
+    if format == Format::Text {
+        eprintln!("starting services and seeding the {} profile…", profile.name());
+    }
+    let cluster = topology == Topology::Cluster;
+    if cluster && format == Format::Text {
+        eprintln!("and a Redis Cluster of 3 masters and 3 replicas…");
+    }
+    let mut env = KataEnv::start(EnvOptions { redis_cluster: cluster, ..services.options(profile) }).await?;
+    let reveal = reveal || checker::learner::diagnosis() == Some(true);
+    let selection = checker::checks::Selection { only, reveal };
+    let report = checker::checks::verify_checks(&mut env, stage, target, &selection).await?;
+    match format {
+        Format::Text => print!("{}", report.to_text()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+    }
+    Ok(ExitCode::from(report.verdict.exit_code()))
+}
+
+/// `hint`: for a check, or for the first check the workbench fails (at a bar, or anywhere).
+async fn hint(check: Option<String>, restart: bool, services: &ServiceArgs) -> anyhow::Result<ExitCode> {
+    let bar = check.as_deref().and_then(|c| <StageId as ValueEnum>::from_str(c, true).ok());
+    let check = match check {
+        Some(check) if bar.is_none() => check.parse::<CheckId>().map_err(anyhow::Error::msg)?,
+        _ => {
+            eprintln!("grading workbench/ to find its first failing check…");
+            let mut env = KataEnv::start(small(services)).await?;
+            match checker::learner::first_failing_check(&mut env, bar).await? {
+                Some(check) => check,
+                None => {
+                    println!(
+                        "Your workbench fails no check there: no hint needed. `cargo kata status` shows where it stands."
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+        }
+    };
+    print!("{}", checker::learner::next_hint(check, restart)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn incident(action: IncidentCommand) -> anyhow::Result<ExitCode> {
     use checker::incident;
     match action {
-        IncidentCommand::List => print!("{}", incident::list()),
+        IncidentCommand::List { format } => match format {
+            ChecksFormat::Text => print!("{}", incident::list()),
+            ChecksFormat::Markdown => print!("{}", incident::table()),
+        },
         IncidentCommand::Start { name, seed, profile, listen, services } => {
             let seed = seed.unwrap_or_else(|| chrono::Utc::now().timestamp_micros().unsigned_abs() % 1_000_000);
             let variant = incident::Variant::new(name.as_deref(), seed)?;
@@ -595,7 +607,7 @@ struct Serving {
 
 async fn up(
     profile: Profile,
-    serve: Serve,
+    stage: Option<Implementation>,
     listen: std::net::SocketAddr,
     topology: Serving,
     services: ServiceArgs,
@@ -623,14 +635,6 @@ async fn up(
         "export SERVICE_DATABASE_URL={}   # for a service: through the {} ms latency proxy",
         s.service_database_url, s.db_latency_ms
     );
-    let stage = match serve {
-        Serve::Stage0 => Some(Implementation::Stage0),
-        Serve::Stage1 => Some(Implementation::Stage1),
-        Serve::Stage2 => Some(Implementation::Stage2),
-        Serve::Stage3 => Some(Implementation::Stage3),
-        Serve::Workbench => Some(Implementation::Workbench),
-        Serve::None => None,
-    };
     let user = 1;
     // Valid for a working day, so the printed curl keeps working while you do.
     let token = env.keys.mint(user, Tier::Free, std::time::Duration::from_secs(24 * 3600));

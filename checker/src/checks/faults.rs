@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{Run, excerpt, normalise};
 use crate::StageId;
-use crate::client::Reply;
+use crate::client::{Reply, outcome};
 use crate::pgss;
 use crate::registry::CheckId;
 use crate::report::{Check, Expectation, Report};
@@ -33,8 +33,9 @@ struct WarmAgain {
     /// When a pass over every watched page was all hits again (no SQL, each answered within
     /// [`HIT_WITHIN`]), after the fault.
     after: Option<Duration>,
-    /// Each pass: the statuses, the slowest read in ms, the statements it ran.
-    passes: Vec<(Vec<u16>, u128, i64)>,
+    /// Each pass: the outcomes (statuses, or why none came), the slowest read in ms, the
+    /// statements it ran.
+    passes: Vec<(Vec<String>, u128, i64)>,
 }
 
 impl WarmAgain {
@@ -49,11 +50,11 @@ impl WarmAgain {
             let (mut statuses, mut slowest) = (Vec::new(), Duration::ZERO);
             for token in tokens {
                 let sent = Instant::now();
-                statuses.push(run.api.feed(token, "").await.map_or(0, |r| r.status));
+                statuses.push(outcome(&run.api.feed(token, "").await));
                 slowest = slowest.max(sent.elapsed());
             }
             let statements = pgss::total_calls(&pgss::delta(&before, &pgss::snapshot(&run.env.admin).await?));
-            let hits = statuses.iter().all(|&s| s == 200) && statements == 0 && slowest < HIT_WITHIN;
+            let hits = statuses.iter().all(|s| s == "200") && statements == 0 && slowest < HIT_WITHIN;
             passes.push((statuses, slowest.as_millis(), statements));
             if hits {
                 return Ok(Self { after: Some(started.elapsed()), passes });
@@ -78,7 +79,7 @@ impl WarmAgain {
             None => {
                 let statements: i64 = self.passes.iter().map(|p| p.2).sum();
                 let slowest = self.passes.iter().map(|p| p.1).max().unwrap_or(0);
-                let failed = self.passes.iter().flat_map(|p| &p.0).filter(|&&s| s != 200).count();
+                let failed = self.passes.iter().flat_map(|p| &p.0).filter(|s| *s != "200").count();
                 format!(
                     "not warm again within {} s: {} passes over {pages} pages ran {statements} SQL statement(s), the slowest read {slowest} ms{}",
                     WARM_WITHIN.as_secs(),

@@ -11,7 +11,7 @@ use futures::StreamExt as _;
 use serde_json::json;
 
 use super::Run;
-use crate::client::{Api, Reply};
+use crate::client::{Api, Reply, outcome};
 use crate::registry::CheckId;
 use crate::report::{Check, Expectation, Report};
 
@@ -606,11 +606,11 @@ pub async fn steady_client(run: &Run<'_>, report: &mut Report) -> anyhow::Result
     let emptying = feed_burst(&[&run.api], &token, FREE.0 as usize + 20).await;
     let started = Instant::now();
     let (mut admitted, mut asked) = (0, 0);
-    let mut statuses = BTreeMap::<u16, usize>::new();
+    let mut statuses = BTreeMap::<String, usize>::new();
     while started.elapsed() < FOR {
-        let status = run.api.feed(&token, "").await.map_or(0, |r| r.status);
+        let status = outcome(&run.api.feed(&token, "").await);
+        admitted += usize::from(status == "200");
         *statuses.entry(status).or_default() += 1;
-        admitted += usize::from(status == 200);
         asked += 1;
         tokio::time::sleep(EVERY).await;
     }
