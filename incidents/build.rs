@@ -1,29 +1,35 @@
-//! Each incident twice, for `src/main.rs` to include: its code as on-call finds it
-//! (`code/NAME.rs`), and repaired (that code with `repairs/NAME.diff` applied). The repair is kept
-//! as a diff so it reads as the pull request that fixed the incident, and cannot drift from it.
+//! Each incident twice, for `src/main.rs` to include: as on-call finds it, and repaired. An
+//! incident is a release gone wrong: `releases/NAME.diff` is that release, a diff of one of the
+//! healthy services in `base/` (the one its `---` line names). Applied, it gives the incident's
+//! code; its repair is the base itself, so the reference repair is the release reverted, and no
+//! incident's code is written twice.
 
 use std::path::Path;
 
 fn main() {
-    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    println!("cargo:rerun-if-changed=code");
-    println!("cargo:rerun-if-changed=repairs");
-    let mut names: Vec<String> = std::fs::read_dir("code")
-        .expect("incidents/code exists")
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).to_owned();
+    println!("cargo:rerun-if-changed=base");
+    println!("cargo:rerun-if-changed=releases");
+    let mut names: Vec<String> = std::fs::read_dir("releases")
+        .expect("incidents/releases exists")
         .filter_map(|entry| entry.ok()?.path().file_stem()?.to_str().map(str::to_owned))
         .collect();
     names.sort();
     for name in &names {
-        let code = std::fs::read_to_string(format!("code/{name}.rs")).expect("readable code");
-        let diff = std::fs::read_to_string(format!("repairs/{name}.diff"))
-            .unwrap_or_else(|_| panic!("incidents/repairs/{name}.diff: every incident has a repair"));
-        let patch = diffy::Patch::from_str(&diff).unwrap_or_else(|e| panic!("repairs/{name}.diff: {e}"));
-        let repaired =
-            diffy::apply(&code, &patch).unwrap_or_else(|e| panic!("repairs/{name}.diff does not apply: {e}"));
+        let diff = std::fs::read_to_string(format!("releases/{name}.diff")).expect("readable release");
+        let patch = diffy::Patch::from_str(&diff).unwrap_or_else(|e| panic!("releases/{name}.diff: {e}"));
+        let base_name = patch
+            .original()
+            .and_then(|path| path.strip_prefix("a/"))
+            .unwrap_or_else(|| panic!("releases/{name}.diff: its `--- a/BASE.rs` line names no base"));
+        let base = std::fs::read_to_string(Path::new("base").join(base_name))
+            .unwrap_or_else(|e| panic!("releases/{name}.diff: base/{base_name}: {e}"));
+        let code = diffy::apply(&base, &patch).unwrap_or_else(|e| panic!("releases/{name}.diff does not apply: {e}"));
+        // What `incident fix` puts in the workbench, whole.
+        std::fs::write(out.join(format!("{name}.lib.rs")), &code).expect("writable OUT_DIR");
         // Included into a module: a file's inner doc comments (`//!`) cannot be.
         let strip = |text: &str| text.lines().filter(|l| !l.starts_with("//!")).collect::<Vec<_>>().join("\n");
-        std::fs::write(Path::new(&out).join(format!("{name}.rs")), strip(&code)).expect("writable OUT_DIR");
-        std::fs::write(Path::new(&out).join(format!("{name}_repaired.rs")), strip(&repaired))
-            .expect("writable OUT_DIR");
+        std::fs::write(out.join(format!("{name}.rs")), strip(&code)).expect("writable OUT_DIR");
+        std::fs::write(out.join(format!("{name}_repaired.rs")), strip(&base)).expect("writable OUT_DIR");
     }
 }

@@ -1,5 +1,6 @@
 //! `cargo kata incident`: production incidents an interviewer can hand out. Each is the feed
-//! service with something wrong (incidents/code/NAME.rs, served by the `incidents` binary); on-call
+//! service after a release that broke it (incidents/releases/NAME.diff, served by the `incidents`
+//! binary); on-call
 //! is paged with the symptom and the figures of a short burst of load, never the cause. A
 //! diagnosis is graded against what the checker measures on the running incident, as `diagnose`
 //! does; `incident fix` puts the incident's code in the workbench to repair and `verify`.
@@ -864,15 +865,25 @@ pub fn hint() -> anyhow::Result<String> {
 /// `incident fix`: the incident's code into the workbench (the files it replaces are kept aside).
 pub fn fix() -> anyhow::Result<String> {
     let mut session = Session::load()?;
-    let name = session.variant.incident.replace('-', "_");
-    let code = crate::build::workspace().join("incidents/code").join(format!("{name}.rs"));
+    // The `incidents` binary holds each incident's code (its base with its release applied).
+    let binary = match crate::build::build("incidents")? {
+        crate::build::Built::Binary(path) => path,
+        crate::build::Built::CompileError(e) => anyhow::bail!("the incidents do not compile:\n{e}"),
+    };
+    let printed = std::process::Command::new(&binary).args([session.variant.incident.as_str(), "--code"]).output()?;
+    anyhow::ensure!(
+        printed.status.success(),
+        "{} --code: {}",
+        binary.display(),
+        String::from_utf8_lossy(&printed.stderr)
+    );
     let dir = crate::learner::workbench_dir();
     let backup = crate::learner::backup_dir();
     // The learner's changed files go aside; then the start's feed.rs goes (the incident's lib.rs
     // holds the whole feed). It is the start's own, so there is nothing of theirs in it to keep.
     crate::learner::reset(&dir, &backup)?;
     std::fs::remove_file(dir.join("src/feed.rs"))?;
-    std::fs::copy(&code, dir.join("src/lib.rs"))?;
+    std::fs::write(dir.join("src/lib.rs"), &printed.stdout)?;
     session.fixed_at_ms = Some(now_ms());
     session.save()?;
     Ok(format!(
@@ -942,9 +953,9 @@ pub fn report(session: &Session, verified: Option<&crate::Report>) -> String {
     for cause in &incident.causes {
         let _ = writeln!(out, "  - {cause}");
     }
-    let repair =
-        crate::build::workspace().join("incidents/repairs").join(format!("{}.diff", incident.name.replace('-', "_")));
-    let _ = writeln!(out, "the reference repair: {}", repair.display());
+    let release =
+        crate::build::workspace().join("incidents/releases").join(format!("{}.diff", incident.name.replace('-', "_")));
+    let _ = writeln!(out, "the release that caused it: {} (the reference repair reverts it)", release.display());
     out
 }
 

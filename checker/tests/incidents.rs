@@ -1,7 +1,7 @@
 //! Every incident of the catalogue (checker/incidents.toml), started as a candidate would get it:
 //! the diagnosis that the measurement supports is graded RIGHT, a wrong one WRONG with the
-//! measurement that refutes it, and the reference repair (incidents/repairs/NAME.diff) passes
-//! `verify` at the incident's bar. Plus one whole session through the CLI: start, a wrong and a
+//! measurement that refutes it, and the reference repair (the healthy base that its release,
+//! incidents/releases/NAME.diff, broke) passes `verify` at the incident's bar. Plus one whole session through the CLI: start, a wrong and a
 //! right answer, the report.
 
 use std::io::{BufRead as _, BufReader};

@@ -20,6 +20,14 @@ macro_rules! incidents {
         /// The incidents, by the name the checker uses (`lazy-authors`).
         const NAMES: &[&str] = &[$(stringify!($name)),+];
 
+        /// An incident's code whole, as `cargo kata incident fix` puts it in workbench/src/lib.rs.
+        fn code_text(name: &str) -> Option<&'static str> {
+            match name.replace('-', "_").as_str() {
+                $(stringify!($name) => Some(include_str!(concat!(env!("OUT_DIR"), "/", stringify!($name), ".lib.rs"))),)+
+                _ => None,
+            }
+        }
+
         async fn stage(name: &str, repaired: bool, ctx: feed_core::Context) -> anyhow::Result<feed_core::Stage> {
             match (name.replace('-', "_").as_str(), repaired) {
                 $((stringify!($name), false) => code::$name::stage(ctx).await,
@@ -45,11 +53,15 @@ incidents!(
 
 /// The feed service of one incident (see checker/incidents.toml).
 #[derive(Parser)]
-#[command(version, after_help = "`incidents --list` prints every incident.")]
+#[command(
+    version,
+    after_help = "`incidents --list` prints every incident; `incidents NAME --code` prints an incident's code."
+)]
 struct Cli {
     /// The incident to serve.
     incident: String,
-    /// Serve its repair instead (its code with incidents/repairs/NAME.diff applied).
+    /// Serve its repair instead (the healthy service its release, incidents/releases/NAME.diff,
+    /// broke).
     #[arg(long)]
     repaired: bool,
     #[command(flatten)]
@@ -70,6 +82,14 @@ async fn main() -> anyhow::Result<()> {
                 break;
             }
         }
+        return Ok(());
+    }
+    // `incidents NAME --code`: print the incident's code (the workbench lib.rs it is) and stop.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|arg| arg == "--code") {
+        let name = args.iter().find(|arg| !arg.starts_with("--")).map_or("", String::as_str);
+        let code = code_text(name).ok_or_else(|| anyhow::anyhow!("no incident {name:?}; `incidents --list`"))?;
+        print!("{code}");
         return Ok(());
     }
     let cli = Cli::parse();

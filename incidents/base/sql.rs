@@ -53,11 +53,11 @@ impl FeedSource for Timeline {
         let rows: Vec<FeedRow> = sqlx::query_as(
             "select p.id, p.body, p.created_at, u.id as author_id, u.name as author_name, u.avatar as author_avatar
              from posts p join users u on u.id = p.author_id
-             where p.user_id::text = $1
+             where p.user_id = $1
              order by p.created_at desc, p.id desc
              limit $2",
         )
-        .bind(user_id.to_string())
+        .bind(user_id)
         .bind(limit)
         .fetch_all(&self.db)
         .await?;

@@ -34,13 +34,13 @@ async fn call<T>(call: impl std::future::Future<Output = redis::RedisResult<T>>)
     feed_core::app::redis_call(call).await
 }
 
-/// The hash of cached pages: one field per page size.
-fn feed_key(_user_id: i64) -> String {
-    "feed:pages".to_owned()
+/// The hash of `user_id`'s cached pages: one field per page size.
+fn feed_key(user_id: i64) -> String {
+    format!("feed:{{user:{user_id}}}")
 }
 
-fn lock_key(_user_id: i64, limit: i64) -> String {
-    format!("feed:pages:lock:{limit}")
+fn lock_key(user_id: i64, limit: i64) -> String {
+    format!("feed:{{user:{user_id}}}:lock:{limit}")
 }
 
 /// Store a page only while its lock is still ours (a post deletes the lock with the hash).
