@@ -158,6 +158,82 @@ fn close(ms: f64, measured: f64) -> bool {
     (ms - measured).abs() <= (measured * 0.25).max(0.5)
 }
 
+/// One answer, graded: right or not, the question, what was said, where to look when wrong.
+struct Grade {
+    ok: bool,
+    question: &'static str,
+    said: String,
+    look: &'static str,
+}
+
+/// Each of the seven answers against the measurement.
+fn grades(answers: &Diagnosis, measured: &Measured) -> Vec<Grade> {
+    let grade = |ok: bool, question: &'static str, said: String, look: &'static str| Grade { ok, question, said, look };
+    // Counts are exact: a count within a few of the truth is still not the count.
+    let per_request = measured.per_request();
+    let said = f64::from(answers.statements_per_request);
+    let repeated = answers.repeated.trim();
+    let repeated_ok = match measured.repeated() {
+        None => repeated.eq_ignore_ascii_case("none"),
+        Some(statement) => !repeated.eq_ignore_ascii_case("none") && shape_of(repeated) == shape_of(&statement.query),
+    };
+    let node = answers.posts_node.trim();
+    let node_ok = measured.posts_node().is_some_and(|n| {
+        n.eq_ignore_ascii_case(node) || n.strip_prefix("Parallel ").is_some_and(|n| n.eq_ignore_ascii_case(node))
+    });
+    let [round_trips, posts, repeated_ms] = measured.times();
+    vec![
+        grade(
+            said == per_request,
+            "statements per request",
+            answers.statements_per_request.to_string(),
+            if (said - per_request).abs() <= 2.0 {
+                "close, but a count is exact: sum the `calls` of every statement the requests ran (reset \
+                 pg_stat_statements, send a known number of requests, divide)"
+            } else {
+                "reset pg_stat_statements, send a known number of requests, sum `calls` over every statement and divide"
+            },
+        ),
+        grade(
+            repeated_ok,
+            "the statement that repeats",
+            format!("{repeated:?}"),
+            "sort pg_stat_statements by `calls`: compare each statement's calls with the requests you sent",
+        ),
+        grade(
+            f64::from(answers.repeated_calls) == measured.repeated_calls(),
+            "its calls per request",
+            answers.repeated_calls.to_string(),
+            "that statement's `calls` divided by the requests you sent (0 if nothing runs more than once)",
+        ),
+        grade(
+            node_ok,
+            "the node that reads posts",
+            format!("{node:?}"),
+            "EXPLAIN (ANALYZE, BUFFERS) the statement that reads posts, with a real user id: the node that names posts",
+        ),
+        grade(
+            close(answers.round_trip_ms, round_trips),
+            "ms waiting for round trips",
+            format!("{} ms", answers.round_trip_ms),
+            "statements per request × one round trip (`db_round_trip_ms` in the header of `cargo kata verify`); \
+             within 25 % or 0.5 ms",
+        ),
+        grade(
+            close(answers.posts_ms, posts),
+            "ms executing the posts statement",
+            format!("{} ms", answers.posts_ms),
+            "`total_exec_time` of that statement in pg_stat_statements, divided by the requests; within 25 % or 0.5 ms",
+        ),
+        grade(
+            close(answers.repeated_ms, repeated_ms),
+            "ms executing the repeated one",
+            format!("{} ms", answers.repeated_ms),
+            "`total_exec_time` of the repeated statement, divided by the requests; within 25 % or 0.5 ms",
+        ),
+    ]
+}
+
 /// Grade `answers` against `measured`: the report, and whether every answer is right. With
 /// `reveal`, or when every answer is right, the measurement follows the grades.
 pub fn grade(target: Implementation, answers: &Diagnosis, measured: &Measured, reveal: bool) -> (String, bool) {
@@ -167,89 +243,20 @@ pub fn grade(target: Implementation, answers: &Diagnosis, measured: &Measured, r
         measured.requests,
         target.name()
     );
-    let mut right = 0;
-    let mut total = 0;
-    let mut line = |ok: bool, question: &str, said: String, look: &str| {
-        total += 1;
-        right += usize::from(ok);
-        let _ = writeln!(out, "  {:<6} {question:<30} you said {said}", if ok { "RIGHT" } else { "WRONG" });
-        if !ok {
-            let _ = writeln!(out, "         {:<30} {look}", "");
+    let grades = grades(answers, measured);
+    for g in &grades {
+        let _ = writeln!(out, "  {:<6} {:<30} you said {}", if g.ok { "RIGHT" } else { "WRONG" }, g.question, g.said);
+        if !g.ok {
+            let _ = writeln!(out, "         {:<30} {}", "", g.look);
         }
-    };
-
-    // Counts are exact: a count within a few of the truth is still not the count.
-    let per_request = measured.per_request();
-    let said = f64::from(answers.statements_per_request);
-    line(
-        said == per_request,
-        "statements per request",
-        answers.statements_per_request.to_string(),
-        if (said - per_request).abs() <= 2.0 {
-            "close, but a count is exact: sum the `calls` of every statement the requests ran (reset pg_stat_statements, \
-             send a known number of requests, divide)"
-        } else {
-            "reset pg_stat_statements, send a known number of requests, sum `calls` over every statement and divide"
-        },
-    );
-
-    let repeated = measured.repeated();
-    let answer = answers.repeated.trim();
-    let repeated_ok = match repeated {
-        None => answer.eq_ignore_ascii_case("none"),
-        Some(statement) => !answer.eq_ignore_ascii_case("none") && shape_of(answer) == shape_of(&statement.query),
-    };
-    line(
-        repeated_ok,
-        "the statement that repeats",
-        format!("{answer:?}"),
-        "sort pg_stat_statements by `calls`: compare each statement's calls with the requests you sent",
-    );
-    line(
-        f64::from(answers.repeated_calls) == measured.repeated_calls(),
-        "its calls per request",
-        answers.repeated_calls.to_string(),
-        "that statement's `calls` divided by the requests you sent (0 if nothing runs more than once)",
-    );
-
-    let node = answers.posts_node.trim();
-    let node_ok = measured.posts_node().is_some_and(|n| {
-        n.eq_ignore_ascii_case(node) || n.strip_prefix("Parallel ").is_some_and(|n| n.eq_ignore_ascii_case(node))
-    });
-    line(
-        node_ok,
-        "the node that reads posts",
-        format!("{node:?}"),
-        "EXPLAIN (ANALYZE, BUFFERS) the statement that reads posts, with a real user id: the node that names posts",
-    );
-
-    let [round_trips, posts, repeated_ms] = measured.times();
-    line(
-        close(answers.round_trip_ms, round_trips),
-        "ms waiting for round trips",
-        format!("{} ms", answers.round_trip_ms),
-        "statements per request × one round trip (`db_round_trip_ms` in the header of `cargo kata verify`); \
-         within 25 % or 0.5 ms",
-    );
-    line(
-        close(answers.posts_ms, posts),
-        "ms executing the posts statement",
-        format!("{} ms", answers.posts_ms),
-        "`total_exec_time` of that statement in pg_stat_statements, divided by the requests; within 25 % or 0.5 ms",
-    );
-    line(
-        close(answers.repeated_ms, repeated_ms),
-        "ms executing the repeated one",
-        format!("{} ms", answers.repeated_ms),
-        "`total_exec_time` of the repeated statement, divided by the requests; within 25 % or 0.5 ms",
-    );
-
-    let all = right == total;
-    let _ = writeln!(out, "\n{right} of {total} answers match the measurement.");
+    }
+    let right = grades.iter().filter(|g| g.ok).count();
+    let all = right == grades.len();
+    let _ = writeln!(out, "\n{right} of {} answers match the measurement.", grades.len());
     if all || reveal {
         out.push_str(&measurement(measured));
     }
-    if all && repeated.is_some() {
+    if all && measured.repeated().is_some() {
         let _ = writeln!(
             out,
             "\nYour diagnosis is the measured one. What it found, and how the figures come about: \

@@ -740,13 +740,12 @@ fn grade_one(question: Question, given: &str, incident: &Incident, observed: &Ob
             )
         }
         Question::WaitsFor => {
-            let answered = match given.trim().to_lowercase().as_str() {
-                "postgres" | "postgresql" | "database" => observed.postgres_answers,
-                "redis" | "cache" => observed.redis_answers,
-                _ => None,
+            let (named, answered) = match given.trim().to_lowercase().as_str() {
+                "postgres" | "postgresql" | "database" => (Some("postgres"), observed.postgres_answers),
+                "redis" | "cache" => (Some("redis"), observed.redis_answers),
+                _ => (None, None),
             };
-            let right = truth(incident, observed).waits_for;
-            let ok = right.as_deref().is_some_and(|r| given.trim().to_lowercase().starts_with(&r[..4]));
+            let ok = named.is_some() && truth(incident, observed).waits_for.as_deref() == named;
             (
                 ok,
                 match answered {

@@ -55,125 +55,57 @@ async fn the_feed_statement(run: &mut Run<'_>) -> anyhow::Result<Option<(Stateme
     Ok(run.feed_statement.clone())
 }
 
-pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
-    // Cold caches: at stage-2 and later the statement count of a *miss* is what is measured here.
-    run.env.flush_redis().await?;
-    // Every page size on timelines of its own, so no request is answered from an earlier one's cache.
-    let mut per_size = Vec::new();
-    let mut default_page = None;
-    for size in PAGE_SIZES {
-        let users = run.users.timelines(REQUESTS)?;
-        let (statements, latencies) = window(run, &users, &format!("limit={size}")).await?;
-        per_size.push((size, pgss::total_calls(&statements) as f64 / REQUESTS as f64));
-        if size == feed_core::api::DEFAULT_LIMIT {
-            default_page = Some((users, statements, latencies));
-        }
-    }
-    let (users, statements, latencies) = default_page.expect("the default page size is measured");
-    run.feed_statement = feed_statement(&statements, users[0]);
-    let per_request = per_size.iter().find(|(size, _)| *size == feed_core::api::DEFAULT_LIMIT).map_or(0.0, |p| p.1);
-    let edge_users: Vec<i64> = run.users.short[2..].iter().chain(&run.users.empty[1..]).copied().collect();
-    let (edge_statements, _) = window(run, &edge_users, "").await?;
-    let edge_per_request = pgss::total_calls(&edge_statements) as f64 / edge_users.len() as f64;
+/// What [`per_request`] measured: statements per request at each page size, and on short and
+/// empty timelines; the default page's statements and latencies.
+struct Counts {
+    per_size: Vec<(i64, f64)>,
+    edge_per_request: f64,
+    statements: Vec<pgss::Statement>,
+    latencies: Vec<f64>,
+    user: i64,
+}
 
+impl Counts {
+    /// Statements per request at the default page size.
+    fn per_request(&self) -> f64 {
+        self.per_size.iter().find(|(size, _)| *size == feed_core::api::DEFAULT_LIMIT).map_or(0.0, |p| p.1)
+    }
+}
+
+/// Averages over the requests: whole numbers print as such, others with one decimal.
+fn n(x: f64) -> String {
+    if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
+}
+
+pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
+    let counts = count(run).await?;
+    run.feed_statement = feed_statement(&counts.statements, counts.user);
     // Before the learner's diagnosis, stage-0's bar shows symptoms only: what the statements are
     // and how many is what `diagnose` asks for.
     let hidden = run.bar == StageId::Stage0 && !run.reveal;
-    let (alone_p50, _) = percentiles(latencies);
+    let (alone_p50, _) = percentiles(counts.latencies.clone());
     report.metric("feed_latency_p50_ms", alone_p50);
     if !hidden {
-        report.metric("queries_per_request", per_request);
+        report.metric("queries_per_request", counts.per_request());
         report.diagnosis.push(format!(
             "pg_stat_statements, delta over {REQUESTS} feed requests (one per user, limit 20, cold cache), by calls:\n{}\nthe same, by total time:\n{}",
-            pgss::table(&statements, 6),
-            pgss::table(&pgss::by_total_time(statements.clone()), 3)
+            pgss::table(&counts.statements, 6),
+            pgss::table(&pgss::by_total_time(counts.statements.clone()), 3)
         ));
     }
-
-    // Averages over the requests: whole numbers print as such, others with one decimal.
-    let n = |x: f64| if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") };
-    let sizes = per_size.iter().map(|(size, x)| format!("{} at limit {size}", n(*x))).collect::<Vec<_>>().join(", ");
-    let edge = n(edge_per_request);
-    let check = if hidden {
-        // The incident, as a user sees it: one request alone, then many at once.
-        let together = concurrent_p99(run).await?;
-        report.metric("feed_latency_50_concurrent_p99_ms", together);
-        let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
-        Check::new(
-            CheckId::QueriesPerRequest,
-            expected.holds(per_request),
-            "hidden until your diagnosis",
-            "the statements per request the incident was measured with",
-            format!(
-                "the incident reproduces: a feed request alone takes {alone_p50:.0} ms (p50), 50 at once {together:.0} ms \
-                 (p99); what the database does for one is what `cargo kata diagnose` asks you (shown once your \
-                 diagnosis is right, or with --reveal)"
-            ),
-        )
-        .on_failure("docs/stage-0.md")
-    } else if run.bar == StageId::Stage0 {
-        let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
-        let calls = statements
-            .iter()
-            .map(|s| format!("{} × {}", s.calls as f64 / REQUESTS as f64, s.snippet(70)))
-            .collect::<Vec<_>>()
-            .join(" + ");
-        Check::measure(
-            CheckId::QueriesPerRequest,
-            per_request,
-            expected,
-            format!("{} statements per feed request (limit 20), as shipped: {calls}", n(per_request)),
-        )
-        .evidence(pgss::table(&statements, 6))
-        .on_failure("docs/stage-0.md")
-    } else {
-        // At least one: a feed that ran no statement on a cold cache did not come from the database.
-        let most = Expectation::Between(1.0, contract::MAX_STATEMENTS_PER_REQUEST as f64);
-        // Flat over the page sizes; a short or empty timeline may take fewer (no authors to load).
-        let counts: Vec<f64> = per_size.iter().map(|(_, x)| *x).collect();
-        let flat = counts.iter().all(|&x| x == counts[0]);
-        let passed = flat && counts.iter().chain([&edge_per_request]).all(|&x| most.holds(x));
-        let summary = match (passed, counts[0]) {
-            (true, 1.0) => format!(
-                "1 statement per feed request at every page size ({sizes}; short and empty timelines: {edge}): one round trip"
-            ),
-            (true, x) => format!(
-                "{} statements per feed request at every page size ({sizes}; short and empty timelines: {edge}): \
-                 it does not grow with the page. One statement would save a round trip per request",
-                n(x)
-            ),
-            (false, _) if !flat => format!(
-                "statements per request change with the page size: {sizes}; short and empty timelines: {edge} \
-                 (expected the same at every size, {most})"
-            ),
-            (false, _) => {
-                format!(
-                    "{sizes}; short and empty timelines: {edge} statements per request (expected {most} at every size)"
-                )
-            }
-        };
-        let mut measured = serde_json::Map::new();
-        for (size, n) in &per_size {
-            measured.insert(format!("limit_{size}"), json!(n));
+    let check = match (hidden, run.bar) {
+        (true, _) => {
+            // The incident, as a user sees it: one request alone, then many at once.
+            let together = concurrent_p99(run).await?;
+            report.metric("feed_latency_50_concurrent_p99_ms", together);
+            incident_reproduces(&counts, alone_p50, together)
         }
-        measured.insert("short_and_empty".into(), json!(edge_per_request));
-        Check::new(
-            CheckId::QueriesPerRequest,
-            passed,
-            measured,
-            json!({ "every_page_size": most, "grows_with_page_size": false }),
-            summary,
-        )
-        .evidence(format!(
-            "limit 20, by calls:\n{}by total time:\n{}",
-            pgss::table(&statements, 6),
-            pgss::table(&pgss::by_total_time(statements.clone()), 3)
-        ))
+        (false, StageId::Stage0) => as_shipped(&counts),
+        (false, _) => small_and_flat(&counts),
     };
-
     // Diagnosis only: best effort, never a failed check.
-    if let Some(top) = statements.first().filter(|_| run.bar == StageId::Stage0 && !hidden)
-        && let Ok(plan) = explain(&run.env.admin, &top.query, users[0], 20, false).await
+    if let Some(top) = counts.statements.first().filter(|_| run.bar == StageId::Stage0 && !hidden)
+        && let Ok(plan) = explain(&run.env.admin, &top.query, counts.user, 20, false).await
     {
         report.diagnosis.push(format!(
             "EXPLAIN (ANALYZE, BUFFERS) of the most-called statement, {} — fast on its own; the cost is the number of calls:\n{}",
@@ -182,6 +114,111 @@ pub async fn per_request(run: &mut Run<'_>, report: &mut Report) -> anyhow::Resu
         ));
     }
     Ok(check)
+}
+
+/// Statements per cold feed request at every page size (each on timelines of its own, so no
+/// request is answered from an earlier one's cache), and on short and empty timelines.
+async fn count(run: &mut Run<'_>) -> anyhow::Result<Counts> {
+    // Cold caches: at stage-2 and later the statement count of a *miss* is what is measured here.
+    run.env.flush_redis().await?;
+    let mut per_size = Vec::new();
+    let mut default_page = None;
+    for size in PAGE_SIZES {
+        let users = run.users.timelines(REQUESTS)?;
+        let (statements, latencies) = window(run, &users, &format!("limit={size}")).await?;
+        per_size.push((size, pgss::total_calls(&statements) as f64 / REQUESTS as f64));
+        if size == feed_core::api::DEFAULT_LIMIT {
+            default_page = Some((users[0], statements, latencies));
+        }
+    }
+    let (user, statements, latencies) = default_page.expect("the default page size is measured");
+    let edge_users: Vec<i64> = run.users.short[2..].iter().chain(&run.users.empty[1..]).copied().collect();
+    let (edge_statements, _) = window(run, &edge_users, "").await?;
+    let edge_per_request = pgss::total_calls(&edge_statements) as f64 / edge_users.len() as f64;
+    Ok(Counts { per_size, edge_per_request, statements, latencies, user })
+}
+
+/// Stage-0's bar before the diagnosis: the count is graded, but only the symptom is said.
+fn incident_reproduces(counts: &Counts, alone_p50: f64, together: f64) -> Check {
+    let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
+    Check::new(
+        CheckId::QueriesPerRequest,
+        expected.holds(counts.per_request()),
+        "hidden until your diagnosis",
+        "the statements per request the incident was measured with",
+        format!(
+            "the incident reproduces: a feed request alone takes {alone_p50:.0} ms (p50), 50 at once {together:.0} ms \
+             (p99); what the database does for one is what `cargo kata diagnose` asks you (shown once your \
+             diagnosis is right, or with --reveal)"
+        ),
+    )
+    .on_failure("docs/stage-0.md")
+}
+
+/// Stage-0's bar once diagnosed: the count and the statements, as shipped.
+fn as_shipped(counts: &Counts) -> Check {
+    let expected = Expectation::Exactly(contract::N_PLUS_ONE_STATEMENTS as f64);
+    let calls = counts
+        .statements
+        .iter()
+        .map(|s| format!("{} × {}", s.calls as f64 / REQUESTS as f64, s.snippet(70)))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    Check::measure(
+        CheckId::QueriesPerRequest,
+        counts.per_request(),
+        expected,
+        format!("{} statements per feed request (limit 20), as shipped: {calls}", n(counts.per_request())),
+    )
+    .evidence(pgss::table(&counts.statements, 6))
+    .on_failure("docs/stage-0.md")
+}
+
+/// Stage-1's bar and later: at least one statement and at most two, the same at every page size.
+fn small_and_flat(counts: &Counts) -> Check {
+    let sizes =
+        counts.per_size.iter().map(|(size, x)| format!("{} at limit {size}", n(*x))).collect::<Vec<_>>().join(", ");
+    let edge = n(counts.edge_per_request);
+    // At least one: a feed that ran no statement on a cold cache did not come from the database.
+    let most = Expectation::Between(1.0, contract::MAX_STATEMENTS_PER_REQUEST as f64);
+    // Flat over the page sizes; a short or empty timeline may take fewer (no authors to load).
+    let per_size: Vec<f64> = counts.per_size.iter().map(|(_, x)| *x).collect();
+    let flat = per_size.iter().all(|&x| x == per_size[0]);
+    let passed = flat && per_size.iter().chain([&counts.edge_per_request]).all(|&x| most.holds(x));
+    let summary = match (passed, per_size[0]) {
+        (true, 1.0) => format!(
+            "1 statement per feed request at every page size ({sizes}; short and empty timelines: {edge}): one round trip"
+        ),
+        (true, x) => format!(
+            "{} statements per feed request at every page size ({sizes}; short and empty timelines: {edge}): \
+             it does not grow with the page. One statement would save a round trip per request",
+            n(x)
+        ),
+        (false, _) if !flat => format!(
+            "statements per request change with the page size: {sizes}; short and empty timelines: {edge} \
+             (expected the same at every size, {most})"
+        ),
+        (false, _) => {
+            format!("{sizes}; short and empty timelines: {edge} statements per request (expected {most} at every size)")
+        }
+    };
+    let mut measured = serde_json::Map::new();
+    for (size, n) in &counts.per_size {
+        measured.insert(format!("limit_{size}"), json!(n));
+    }
+    measured.insert("short_and_empty".into(), json!(counts.edge_per_request));
+    Check::new(
+        CheckId::QueriesPerRequest,
+        passed,
+        measured,
+        json!({ "every_page_size": most, "grows_with_page_size": false }),
+        summary,
+    )
+    .evidence(format!(
+        "limit 20, by calls:\n{}by total time:\n{}",
+        pgss::table(&counts.statements, 6),
+        pgss::table(&pgss::by_total_time(counts.statements.clone()), 3)
+    ))
 }
 
 /// The p99 of 50 concurrent cold feed requests, in ms: the incident's symptom.
