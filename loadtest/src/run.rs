@@ -109,71 +109,12 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&out_dir)?;
     let out_dir = out_dir.canonicalize().unwrap_or(out_dir);
-    let mut rows = Vec::new();
-    for (i, spec) in specs.iter().enumerate() {
-        let name = format!("{}-{}{}", spec.target, spec.users, if spec.abuser { "-abuser" } else { "" });
-        say(format!(
-            "\n[{}/{}] {} @ {} users{}",
-            i + 1,
-            specs.len(),
-            spec.target,
-            spec.users,
-            if spec.abuser { " + abuser" } else { "" }
-        ));
-        env.flush_redis().await?;
-        let html = format!("{name}.html");
-        let report_files =
-            [html.clone(), format!("{name}.md")].iter().map(|f| out_dir.join(f).display().to_string()).collect();
-        let service =
-            start_target(&bin_dir, spec.target, &env, &args.common.jwt_secret, ServiceRedis::Direct, &[]).await?;
-        let urls = [service.base_url.clone()];
-        let row = measure(*spec, &service.base_url, &urls, &probes, &args.common, report_files).await;
-        drop(service);
-        let mut row = row?;
-        row.report = Some(html);
-        say(row.verdict_line());
-        rows.push(row);
-    }
-    let mut capacities = Capacities::default();
-    if !args.no_capacity {
-        for target in &targets {
-            say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
-            let service = start_target(
-                &bin_dir,
-                *target,
-                &env,
-                &args.common.jwt_secret,
-                ServiceRedis::Direct,
-                &capacity::unlimited(),
-            )
-            .await?;
-            if capacities.health.is_none() {
-                let health = capacity::search(
-                    "GET /health",
-                    &service.base_url,
-                    Endpoint::Health,
-                    Some(&mut env),
-                    &args.search,
-                    &args.common,
-                )
-                .await?;
-                say(format!("  GET /health capacity: {}", health.display()));
-                capacities.health = Some(health);
-            }
-            let found = capacity::search(
-                target.name(),
-                &service.base_url,
-                Endpoint::Feed,
-                Some(&mut env),
-                &args.search,
-                &args.common,
-            )
-            .await?;
-            drop(service);
-            say(format!("  {target} capacity: {}", found.display()));
-            capacities.targets.push((*target, found));
-        }
-    }
+    let rows = run_rows(&specs, &bin_dir, &mut env, &probes, &args.common, &out_dir).await?;
+    let capacities = if args.no_capacity {
+        Capacities::default()
+    } else {
+        measure_capacities(&targets, &bin_dir, &mut env, &args).await?
+    };
     let provenance = Provenance::now(&kata_services::cargo::workspace());
     let summary = out_dir.join("summary.md");
     let mut markdown = report::markdown(&provenance, &rows, &capacities);
@@ -196,6 +137,85 @@ pub async fn matrix(args: MatrixArgs) -> anyhow::Result<ExitCode> {
     }
     write_extra(&provenance, &rows, &capacities, &args.common)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each row of the matrix in turn: its target started on an empty Redis, measured, stopped.
+async fn run_rows(
+    specs: &[Spec],
+    bin_dir: &std::path::Path,
+    env: &mut Environment,
+    probes: &Probes,
+    common: &Common,
+    out_dir: &std::path::Path,
+) -> anyhow::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let name = format!("{}-{}{}", spec.target, spec.users, if spec.abuser { "-abuser" } else { "" });
+        say(format!(
+            "\n[{}/{}] {} @ {} users{}",
+            i + 1,
+            specs.len(),
+            spec.target,
+            spec.users,
+            if spec.abuser { " + abuser" } else { "" }
+        ));
+        env.flush_redis().await?;
+        let html = format!("{name}.html");
+        let report_files =
+            [html.clone(), format!("{name}.md")].iter().map(|f| out_dir.join(f).display().to_string()).collect();
+        let service = start_target(bin_dir, spec.target, env, &common.jwt_secret, ServiceRedis::Direct, &[]).await?;
+        let urls = [service.base_url.clone()];
+        let row = measure(*spec, &service.base_url, &urls, probes, common, report_files).await;
+        drop(service);
+        let mut row = row?;
+        row.report = Some(html);
+        say(row.verdict_line());
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Each target's capacity (an open model: no think time, the throttle sets the rate), and
+/// /health's once.
+async fn measure_capacities(
+    targets: &[Implementation],
+    bin_dir: &std::path::Path,
+    env: &mut Environment,
+    args: &MatrixArgs,
+) -> anyhow::Result<Capacities> {
+    let mut capacities = Capacities::default();
+    for target in targets {
+        say(format!("\ncapacity of {target} (open model: no think time, the throttle sets the rate)"));
+        let service =
+            start_target(bin_dir, *target, env, &args.common.jwt_secret, ServiceRedis::Direct, &capacity::unlimited())
+                .await?;
+        if capacities.health.is_none() {
+            let health = capacity::search(
+                "GET /health",
+                &service.base_url,
+                Endpoint::Health,
+                Some(&mut *env),
+                &args.search,
+                &args.common,
+            )
+            .await?;
+            say(format!("  GET /health capacity: {}", health.display()));
+            capacities.health = Some(health);
+        }
+        let found = capacity::search(
+            target.name(),
+            &service.base_url,
+            Endpoint::Feed,
+            Some(&mut *env),
+            &args.search,
+            &args.common,
+        )
+        .await?;
+        drop(service);
+        say(format!("  {target} capacity: {}", found.display()));
+        capacities.targets.push((*target, found));
+    }
+    Ok(capacities)
 }
 
 /// `loadtest capacity --stage N`: /health's capacity, then the target's, on one service.
