@@ -153,6 +153,16 @@ pub fn shape_of(sql: &str) -> (BTreeSet<String>, BTreeSet<String>) {
     (tables, filtered)
 }
 
+/// Whether two plan nodes are the same: a text EXPLAIN says "Parallel Seq Scan" where the JSON
+/// plan says "Seq Scan" (with the workers beside it), and case does not matter.
+pub fn same_node(a: &str, b: &str) -> bool {
+    let bare = |name: &str| {
+        let name = name.trim().to_lowercase();
+        name.strip_prefix("parallel ").map_or(name.clone(), str::to_owned)
+    };
+    bare(a) == bare(b)
+}
+
 /// Whether `ms` is within the stated tolerance of `measured`: 25 %, or half a millisecond.
 fn close(ms: f64, measured: f64) -> bool {
     (ms - measured).abs() <= (measured * 0.25).max(0.5)
@@ -178,9 +188,7 @@ fn grades(answers: &Diagnosis, measured: &Measured) -> Vec<Grade> {
         Some(statement) => !repeated.eq_ignore_ascii_case("none") && shape_of(repeated) == shape_of(&statement.query),
     };
     let node = answers.posts_node.trim();
-    let node_ok = measured.posts_node().is_some_and(|n| {
-        n.eq_ignore_ascii_case(node) || n.strip_prefix("Parallel ").is_some_and(|n| n.eq_ignore_ascii_case(node))
-    });
+    let node_ok = measured.posts_node().is_some_and(|n| same_node(n, node));
     let [round_trips, posts, repeated_ms] = measured.times();
     vec![
         grade(
@@ -245,9 +253,9 @@ pub fn grade(target: Implementation, answers: &Diagnosis, measured: &Measured, r
     );
     let grades = grades(answers, measured);
     for g in &grades {
-        let _ = writeln!(out, "  {:<6} {:<30} you said {}", if g.ok { "RIGHT" } else { "WRONG" }, g.question, g.said);
+        let _ = writeln!(out, "  {:<6} {:<32} you said {}", if g.ok { "RIGHT" } else { "WRONG" }, g.question, g.said);
         if !g.ok {
-            let _ = writeln!(out, "         {:<30} {}", "", g.look);
+            let _ = writeln!(out, "         {:<32} {}", "", g.look);
         }
     }
     let right = grades.iter().filter(|g| g.ok).count();
@@ -365,5 +373,33 @@ mod tests {
         assert_eq!(report.matches("WRONG").count(), 2, "{report}");
         assert!(!report.contains("21"), "the measured count leaked:\n{report}");
         assert!(!report.contains("walkthrough"), "{report}");
+    }
+
+    #[test]
+    fn the_posts_node_is_right_as_a_text_or_a_json_plan_names_it() {
+        let mut measured = measured();
+        let node = |name: &str| crate::explain::PlanNode {
+            depth: 1,
+            node: name.into(),
+            index: None,
+            relation: Some("posts".into()),
+            condition: None,
+        };
+        let answers = |posts_node: &str| Diagnosis {
+            statements_per_request: 21,
+            repeated: "select * from users where id = 7".into(),
+            repeated_calls: 20,
+            posts_node: posts_node.into(),
+            round_trip_ms: 42.0,
+            posts_ms: 60.0,
+            repeated_ms: 1.0,
+        };
+        for measured_node in ["Seq Scan", "Parallel Seq Scan"] {
+            measured.posts.as_mut().unwrap().1 = vec![node(measured_node)];
+            for said in ["Seq Scan", "parallel seq scan", "Parallel Seq Scan"] {
+                assert!(grade(Implementation::Stage0, &answers(said), &measured, false).1, "{measured_node} / {said}");
+            }
+            assert!(!grade(Implementation::Stage0, &answers("Index Scan"), &measured, false).1);
+        }
     }
 }

@@ -701,8 +701,8 @@ fn grade_one(question: Question, given: &str, incident: &Incident, observed: &Ob
         Question::PlanNode => {
             let nodes: Vec<&str> =
                 observed.posts_plan.iter().flat_map(|(_, n)| n.iter().map(|n| n.node.as_str())).collect();
-            let ok = observed.posts_node().is_some_and(|n| n.eq_ignore_ascii_case(given.trim()));
-            let has = nodes.iter().any(|n| n.eq_ignore_ascii_case(given.trim()));
+            let ok = observed.posts_node().is_some_and(|n| crate::diagnose::same_node(n, given));
+            let has = nodes.iter().any(|n| crate::diagnose::same_node(n, given));
             (
                 ok,
                 if has {
