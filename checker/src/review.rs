@@ -1,8 +1,10 @@
 //! `cargo kata review pr-N`: pull requests to the feed service, to review in your own tools, with
-//! findings graded by line. Each is a real change of the workbench (reviews/pr-N/before and
-//! after: it builds, runs and can be verified with `--apply`), and an answer key
-//! (reviews/pr-N/pr.toml) that is shown only after the findings are graded.
+//! findings graded by line. Each is a real change of the workbench: reviews/pr-N/change.diff, a
+//! unified diff of its base (the workbench's start, or a base of reviews/base/ built on it), that
+//! builds, runs and can be verified with `--apply`; and an answer key (reviews/pr-N/pr.toml) that
+//! is shown only after the findings are graded.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -66,12 +68,17 @@ pub struct PullRequest {
     pub title: String,
     /// The bar its code is meant to meet.
     pub bar: StageId,
+    /// The code it changes: `start` (the workbench's start) or a base of reviews/base/bases.toml.
+    pub base: String,
     /// What its author wrote.
     pub description: String,
     /// Whether `verify` catches what is wrong with it (it does not always: tests green, bug present).
     pub verify_catches: bool,
     #[serde(rename = "finding")]
     pub findings: Vec<KeyFinding>,
+    /// The change, as its author sent it (reviews/pr-N/change.diff): a unified diff of its base.
+    #[serde(skip)]
+    pub diff: String,
 }
 
 fn reviews_dir() -> PathBuf {
@@ -92,9 +99,12 @@ pub fn pull_requests() -> &'static [PullRequest] {
         names
             .into_iter()
             .map(|name| {
-                let text = std::fs::read_to_string(reviews_dir().join(&name).join("pr.toml")).expect("readable");
+                let dir = reviews_dir().join(&name);
+                let text = std::fs::read_to_string(dir.join("pr.toml")).expect("readable");
                 let mut pull: PullRequest =
                     toml::from_str(&text).unwrap_or_else(|e| panic!("reviews/{name}/pr.toml: {e}"));
+                pull.diff = std::fs::read_to_string(dir.join("change.diff"))
+                    .unwrap_or_else(|e| panic!("reviews/{name}/change.diff: {e}"));
                 pull.name = name;
                 pull
             })
@@ -111,56 +121,152 @@ pub fn find(name: &str) -> anyhow::Result<&'static PullRequest> {
 }
 
 impl PullRequest {
-    fn side(&self, side: &str) -> PathBuf {
-        reviews_dir().join(&self.name).join(side)
+    /// The workbench's files before the change: its base.
+    pub fn before(&self) -> anyhow::Result<Tree> {
+        base(&self.base)
     }
 
-    /// The workbench-relative paths of every file on either side.
-    pub fn files(&self) -> Vec<String> {
-        let mut files: Vec<String> = ["before", "after"].iter().flat_map(|side| walk(&self.side(side))).collect();
-        files.sort();
-        files.dedup();
-        files
-    }
-
-    fn read(&self, side: &str, path: &str) -> String {
-        std::fs::read_to_string(self.side(side).join(path)).unwrap_or_default()
-    }
-
-    /// The change as a unified diff, file by file.
-    pub fn diff(&self) -> String {
-        let mut out = String::new();
-        for path in self.files() {
-            let (before, after) = (self.read("before", &path), self.read("after", &path));
-            if before == after {
-                continue;
-            }
-            let diff = similar::TextDiff::from_lines(&before, &after);
-            let _ = write!(
-                out,
-                "{}",
-                diff.unified_diff().context_radius(4).header(&format!("a/{path}"), &format!("b/{path}"))
-            );
-        }
-        out
+    /// The workbench's files with the change.
+    pub fn after(&self) -> anyhow::Result<Tree> {
+        patch(&self.before()?, &self.diff).map_err(|e| e.context(format!("reviews/{}/change.diff", self.name)))
     }
 }
 
-/// Files under `dir`, relative to it.
-fn walk(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(at) = stack.pop() {
-        for entry in std::fs::read_dir(&at).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(relative) = path.strip_prefix(dir) {
-                found.push(relative.to_string_lossy().into_owned());
+/// A workbench's files by their path in it (`src/feed.rs`, `migrations/0001_….sql`), as text.
+pub type Tree = BTreeMap<String, String>;
+
+/// The base every other base is a change of: the workbench's start (checker/start/).
+const START: &str = "start";
+
+/// The workbench's files as the kata starts.
+fn start() -> Tree {
+    crate::learner::start_state().iter().map(|(path, text)| ((*path).to_owned(), (*text).to_owned())).collect()
+}
+
+/// reviews/base/bases.toml: each base's name, and the name of the base it is a change of.
+fn bases() -> &'static BTreeMap<String, String> {
+    static ALL: LazyLock<BTreeMap<String, String>> = LazyLock::new(|| {
+        let text = std::fs::read_to_string(reviews_dir().join("base").join("bases.toml"))
+            .unwrap_or_else(|e| panic!("reviews/base/bases.toml: {e}"));
+        toml::from_str(&text).unwrap_or_else(|e| panic!("reviews/base/bases.toml: {e}"))
+    });
+    &ALL
+}
+
+/// The files of the base `name`: the workbench's start, changed by each base's diff
+/// (reviews/base/NAME.diff) from the first base on it down to `name`.
+fn base(name: &str) -> anyhow::Result<Tree> {
+    let mut chain = Vec::new();
+    let mut at = name;
+    while at != START {
+        anyhow::ensure!(!chain.contains(&at), "reviews/base/bases.toml: {at} is a change of itself");
+        chain.push(at);
+        at = bases().get(at).ok_or_else(|| {
+            let names: Vec<&str> = bases().keys().map(String::as_str).collect();
+            anyhow::anyhow!("no base {at}; there are: {START}, {}", names.join(", "))
+        })?;
+    }
+    chain.iter().rev().try_fold(start(), |tree, name| {
+        let diff = std::fs::read_to_string(reviews_dir().join("base").join(format!("{name}.diff")))
+            .map_err(|e| anyhow::anyhow!("reviews/base/{name}.diff: {e}"))?;
+        patch(&tree, &diff).map_err(|e| e.context(format!("reviews/base/{name}.diff")))
+    })
+}
+
+/// `tree` changed by `diff`, a unified diff of one file or more: `--- a/PATH` and `+++ b/PATH`
+/// (`--- /dev/null` for a file it adds, `+++ /dev/null` for one it removes), then its hunks.
+fn patch(tree: &Tree, diff: &str) -> anyhow::Result<Tree> {
+    let mut tree = tree.clone();
+    for file in per_file(diff)? {
+        let patch = diffy::Patch::from_str(file)?;
+        let name = |name: Option<&str>, prefix: &str| {
+            name.filter(|n| *n != "/dev/null").map(|n| n.strip_prefix(prefix).unwrap_or(n).to_owned())
+        };
+        let (old, new) = (name(patch.original(), "a/"), name(patch.modified(), "b/"));
+        let path = new.clone().or_else(|| old.clone()).ok_or_else(|| anyhow::anyhow!("a file without a name"))?;
+        let text = match &old {
+            Some(old) => tree.remove(old).ok_or_else(|| anyhow::anyhow!("{old}: no such file to change"))?,
+            None => {
+                anyhow::ensure!(!tree.contains_key(&path), "{path}: added, but it is there already");
+                String::new()
             }
+        };
+        let text = diffy::apply(&text, &patch).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        match new {
+            Some(new) => {
+                tree.insert(new, text);
+            }
+            None => anyhow::ensure!(text.is_empty(), "{path}: removed, but not all of its lines"),
         }
     }
-    found
+    Ok(tree)
+}
+
+/// A unified diff of several files cut into one diff per file, as `diffy` reads them. A file's
+/// diff starts at its `--- ` line: outside a hunk, for inside one `--- x` is the line `-- x`
+/// removed, so each hunk's lines are counted from its header. Lines between files (`diff --git`,
+/// `index`) are left out.
+fn per_file(diff: &str) -> anyhow::Result<Vec<&str>> {
+    let mut files = Vec::new();
+    // Where the current file's diff starts and (so far) ends, and what its hunk has still to come.
+    let (mut from, mut to) = (None, 0);
+    let (mut old, mut new) = (0_usize, 0_usize);
+    let mut at = 0;
+    for line in diff.split_inclusive('\n') {
+        let end = at + line.len();
+        if old > 0 || new > 0 {
+            let (o, n) = match line.as_bytes()[0] {
+                b'-' => (1, 0),
+                b'+' => (0, 1),
+                b'\\' => (0, 0),
+                _ => (1, 1),
+            };
+            (old, new) = old
+                .checked_sub(o)
+                .zip(new.checked_sub(n))
+                .ok_or_else(|| anyhow::anyhow!("a hunk longer than its header says: {}", line.trim_end()))?;
+            to = end;
+        } else if let Some(ranges) = line.strip_prefix("@@ -") {
+            let length = |range: &str| range.split_once(',').map_or(Some(1), |(_, n)| n.parse().ok());
+            let (lengths, _) = ranges.split_once(" @@").unwrap_or_default();
+            let (o, n) = lengths.split_once(" +").unwrap_or_default();
+            (old, new) = length(o)
+                .zip(length(n))
+                .ok_or_else(|| anyhow::anyhow!("a hunk header that does not read: {}", line.trim_end()))?;
+            to = end;
+        } else if line.starts_with("--- ") {
+            if let Some(from) = from {
+                files.push(&diff[from..to]);
+            }
+            (from, to) = (Some(at), end);
+        } else if line.starts_with("+++ ") || line.starts_with('\\') {
+            to = end;
+        }
+        at = end;
+    }
+    anyhow::ensure!(old == 0 && new == 0, "the last hunk is shorter than its header says");
+    files.extend(from.map(|from| &diff[from..to]));
+    Ok(files)
+}
+
+/// The files of `tree` that the workbench's start does not have as they are: what a pull
+/// request's code puts in the workbench.
+fn changed(tree: &Tree) -> Vec<(&str, &str)> {
+    let start = start();
+    tree.iter()
+        .filter(|(path, text)| start.get(*path) != Some(*text))
+        .map(|(path, text)| (path.as_str(), text.as_str()))
+        .collect()
+}
+
+/// Write `files` under `dir`, each at its path.
+fn write(dir: &Path, files: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (path, text) in files {
+        let to = dir.join(path);
+        std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
+        std::fs::write(to, text)?;
+    }
+    Ok(())
 }
 
 fn scratch(pull: &PullRequest) -> PathBuf {
@@ -170,13 +276,10 @@ fn scratch(pull: &PullRequest) -> PathBuf {
 /// `review pr-N`: the description, and the change in a scratch folder to read in your tools.
 pub fn show(pull: &PullRequest) -> anyhow::Result<String> {
     let dir = scratch(pull);
+    let after = pull.after()?;
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("pr.diff"), pull.diff())?;
-    for path in walk(&pull.side("after")) {
-        let to = dir.join("after").join(&path);
-        std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
-        std::fs::copy(pull.side("after").join(&path), to)?;
-    }
+    std::fs::write(dir.join("pr.diff"), &pull.diff)?;
+    write(&dir.join("after"), &changed(&after))?;
     let findings = dir.join("findings.txt");
     if !findings.exists() {
         std::fs::write(
@@ -206,19 +309,16 @@ pub fn show(pull: &PullRequest) -> anyhow::Result<String> {
 
 /// `review pr-N --apply`: the pull request's code in the workbench (the learner's files kept aside).
 pub fn apply(pull: &PullRequest) -> anyhow::Result<String> {
+    let after = pull.after()?;
     let dir = crate::learner::workbench_dir();
     let backup = crate::learner::backup_dir();
     crate::learner::reset(&dir, &backup)?;
-    for path in walk(&pull.side("before")) {
-        if !pull.side("after").join(&path).exists() && dir.join(&path).exists() {
-            std::fs::remove_file(dir.join(&path))?;
+    for (path, _) in crate::learner::start_state() {
+        if !after.contains_key(path) {
+            std::fs::remove_file(dir.join(path))?;
         }
     }
-    for path in walk(&pull.side("after")) {
-        let to = dir.join(&path);
-        std::fs::create_dir_all(to.parent().expect("a file in a folder"))?;
-        std::fs::copy(pull.side("after").join(&path), to)?;
-    }
+    write(&dir, &changed(&after))?;
     Ok(format!(
         "{}'s code is in workbench/ (your previous files, if any changed, are in {}).\n\
          cargo kata verify {} --target workbench   # what the checker says of it\n\
@@ -406,9 +506,13 @@ mod tests {
         assert!(pull_requests().len() >= 6, "{} pull requests", pull_requests().len());
         for pull in pull_requests() {
             assert!(pull.findings.iter().any(|k| k.severity == Severity::Blocker), "{} has no blocker", pull.name);
-            assert!(!pull.diff().is_empty(), "{} changes nothing", pull.name);
+            let after = pull.after().unwrap();
+            assert_ne!(pull.before().unwrap(), after, "{} changes nothing", pull.name);
+            let changed = changed(&after);
             for key in &pull.findings {
-                let lines = pull.read("after", &key.path).lines().count();
+                let text = changed.iter().find(|(path, _)| *path == key.path).map(|(_, text)| *text);
+                let lines =
+                    text.unwrap_or_else(|| panic!("{}: {} is not in after/", pull.name, key.path)).lines().count();
                 assert!(
                     key.lines[0] >= 1 && key.lines[0] <= key.lines[1] && key.lines[1] <= lines,
                     "{} {key:?}",
@@ -417,5 +521,57 @@ mod tests {
             }
         }
         assert!(pull_requests().iter().filter(|p| !p.verify_catches).count() >= 2);
+    }
+
+    #[test]
+    fn every_pull_request_applies_to_its_base_and_every_base_to_its_own() {
+        for name in bases().keys() {
+            let tree = base(name).unwrap_or_else(|e| panic!("{e:#}"));
+            assert_ne!(tree, start(), "base {name} is the start");
+        }
+        for pull in pull_requests() {
+            let after = pull.after().unwrap_or_else(|e| panic!("{e:#}"));
+            // A diff that applies with an offset would not be the change its key's lines are of.
+            for file in per_file(&pull.diff).unwrap() {
+                let patch = diffy::Patch::from_str(file).unwrap();
+                for hunk in patch.hunks() {
+                    let path = patch.modified().unwrap().trim_start_matches("b/");
+                    let lines: Vec<&str> = after.get(path).map_or(vec![], |t| t.lines().collect());
+                    let new = hunk.new_range();
+                    let expected: Vec<&str> = hunk
+                        .lines()
+                        .iter()
+                        .filter_map(|line| match line {
+                            diffy::Line::Context(l) | diffy::Line::Insert(l) => Some(l.trim_end_matches('\n')),
+                            diffy::Line::Delete(_) => None,
+                        })
+                        .collect();
+                    let at = new.start().saturating_sub(1);
+                    assert_eq!(lines.get(at..at + new.len()), Some(&expected[..]), "{} {path}", pull.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_diff_of_several_files_is_cut_per_file_counting_each_hunk() {
+        let tree: Tree =
+            [("migrations/1.sql", "-- an index\ncreate index i on t (a);\n"), ("src/old.rs", "fn old() {}\n")]
+                .into_iter()
+                .map(|(p, t)| (p.to_owned(), t.to_owned()))
+                .collect();
+        // `--- an index` is the line `-- an index` removed, not the next file's header.
+        let diff = "diff --git a/migrations/1.sql b/migrations/1.sql\n\
+                    --- a/migrations/1.sql\n+++ b/migrations/1.sql\n@@ -1,2 +1,2 @@\n\
+                    --- an index\n+-- the index\n create index i on t (a);\n\
+                    --- /dev/null\n+++ b/src/new.rs\n@@ -0,0 +1 @@\n+fn new() {}\n\\ No newline at end of file\n\
+                    --- a/src/old.rs\n+++ /dev/null\n@@ -1 +0,0 @@\n-fn old() {}\n";
+        assert_eq!(per_file(diff).unwrap().len(), 3);
+        let after = patch(&tree, diff).unwrap();
+        assert_eq!(after["migrations/1.sql"], "-- the index\ncreate index i on t (a);\n");
+        assert_eq!(after["src/new.rs"], "fn new() {}");
+        assert!(!after.contains_key("src/old.rs"));
+        assert!(patch(&tree, "--- a/src/gone.rs\n+++ b/src/gone.rs\n@@ -1 +1 @@\n-a\n+b\n").is_err());
+        assert!(per_file("--- a/x\n+++ b/x\n@@ -1,2 +1,2 @@\n-a\n+b\n").is_err(), "a hunk cut short");
     }
 }
