@@ -506,7 +506,7 @@ mod tests {
         assert!(pull_requests().len() >= 6, "{} pull requests", pull_requests().len());
         for pull in pull_requests() {
             assert!(pull.findings.iter().any(|k| k.severity == Severity::Blocker), "{} has no blocker", pull.name);
-            let after = pull.after().unwrap();
+            let after = pull.after().unwrap_or_else(|e| panic!("{e:#}"));
             assert_ne!(pull.before().unwrap(), after, "{} changes nothing", pull.name);
             let changed = changed(&after);
             for key in &pull.findings {
