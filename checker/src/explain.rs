@@ -201,8 +201,13 @@ pub async fn statement(env: &crate::KataEnv, sql: &str, times: u32) -> anyhow::R
     }
     let after = crate::pgss::snapshot(&env.admin).await?;
     let ran = crate::pgss::delta(&before, &after);
-    let plan: Vec<String> =
-        sqlx::query_scalar(AssertSqlSafe(format!("explain (analyze, buffers) {sql}"))).fetch_all(&env.admin).await?;
+    // EXPLAIN ANALYZE runs the statement once more: in a transaction rolled back, so a write is
+    // made `times` times, as asked, not once more.
+    let mut explaining = env.admin.begin().await?;
+    let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!("explain (analyze, buffers) {sql}")))
+        .fetch_all(&mut *explaining)
+        .await?;
+    explaining.rollback().await?;
     let runs = if times == 1 { "once".to_owned() } else { format!("{times} times") };
     let rows = if rows == 1 { "1 row".to_owned() } else { format!("{rows} rows") };
     Ok(format!(

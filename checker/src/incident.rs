@@ -148,10 +148,11 @@ pub fn table() -> String {
 
 /// `incident list`: each incident's number, difficulty and what on-call sees, never the cause.
 pub fn list() -> String {
-    let mut out = String::from("incident  difficulty  what on-call is paged with\n");
+    let mut out = String::from("incident  difficulty  a kata lesson  what on-call is paged with\n");
     for incident in catalogue() {
         let alert = incident.alert.replace("{service}", "feed").replace("{limit}", "20");
-        let _ = writeln!(out, "{:<9} {:<11} {alert}", incident.number(), incident.difficulty);
+        let within = if incident.lesson == "none" { "no" } else { "yes" };
+        let _ = writeln!(out, "{:<9} {:<11} {within:<14} {alert}", incident.number(), incident.difficulty);
     }
     out.push_str("\n`cargo kata incident start N` (or `--seed S` for one chosen for you) pages you with one.\n");
     out
@@ -171,12 +172,13 @@ pub struct Variant {
 impl Variant {
     /// The incident `name`, or the seed's pick, with the seed's names and sizes.
     pub fn new(name: Option<&str>, seed: u64) -> anyhow::Result<Self> {
+        // SplitMix64 of (seed, n): fixed arithmetic, so a seed picks the same incident, names and
+        // sizes on every machine and with every Rust release.
         let mix = |n: u64| {
-            use std::hash::{Hash as _, Hasher as _};
-            // SipHash with fixed keys: the same seed gives the same incident on every machine.
-            let mut hasher = std::hash::DefaultHasher::new();
-            (seed, n).hash(&mut hasher);
-            hasher.finish()
+            let mut z = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(n.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
         };
         let incident = match name {
             Some(name) => find(name)?,
@@ -185,7 +187,8 @@ impl Variant {
         let services = ["feed-api", "home-timeline", "activity-feed", "timeline-svc", "newsfeed"];
         let limits = [10, 20, 25, 30, 50];
         Ok(Self {
-            incident: incident.name.clone(),
+            // Its number, not its name: the session file and the process list must not say the cause.
+            incident: incident.number().to_string(),
             seed,
             service: services[(mix(2) % services.len() as u64) as usize].to_owned(),
             limit: limits[(mix(3) % limits.len() as u64) as usize],
@@ -219,6 +222,9 @@ pub struct Session {
     pub hints_shown: usize,
     /// When `incident fix` put the code in the workbench.
     pub fixed_at_ms: Option<i64>,
+    /// `incident fix --give-up`: the code was taken before the diagnosis was right.
+    #[serde(default)]
+    pub gave_up: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -324,8 +330,10 @@ pub async fn start(variant: Variant, options: EnvOptions, listen: Option<&str>) 
         crate::build::Built::CompileError(e) => anyhow::bail!("the incidents do not compile:\n{e}"),
     };
     feed_core::db::reset_to_core_schema(&env.admin).await?;
-    let launch = kata_services::Launch::Shell(format!("exec {} {}", binary.display(), incident.name));
-    let extra: Vec<(&str, &str)> = listen.map(|l| vec![("LISTEN_ADDR", l)]).unwrap_or_default();
+    // The name goes in the environment, not the command line `ps` shows.
+    let launch = kata_services::Launch::Program(binary);
+    let mut extra: Vec<(&str, &str)> = vec![("KATA_INCIDENT", &incident.name)];
+    extra.extend(listen.map(|l| ("LISTEN_ADDR", l)));
     let app = env.start_app(&launch, &extra).await?;
     let users: Vec<i64> = sqlx::query_scalar(
         "select user_id from posts group by user_id having count(*) >= $1 order by user_id limit 40",
@@ -333,7 +341,8 @@ pub async fn start(variant: Variant, options: EnvOptions, listen: Option<&str>) 
     .bind(variant.limit)
     .fetch_all(&env.admin)
     .await?;
-    anyhow::ensure!(users.len() >= 10, "the seeded data has too few timelines of {} posts", variant.limit);
+    // observe() reads users[0..31]: the burst's, the pool's, the keys' and the wait's.
+    anyhow::ensure!(users.len() >= 31, "the seeded data has too few timelines of {} posts", variant.limit);
     let session = Session {
         variant: variant.clone(),
         paged_at_ms: 0,
@@ -346,6 +355,7 @@ pub async fn start(variant: Variant, options: EnvOptions, listen: Option<&str>) 
         diagnosed_at_ms: None,
         hints_shown: 0,
         fixed_at_ms: None,
+        gave_up: false,
     };
     let api = Api::new(&app.base_url);
     match incident.fault {
@@ -621,34 +631,39 @@ pub async fn observe(session: &Session) -> anyhow::Result<Observed> {
     Ok(observed)
 }
 
-/// The most of the service's connections active together while 40 feed requests are in flight
-/// (pg_stat_activity, sampled every 2 ms; the checker's own connections excluded).
+/// How many of the service's connections ran the feed's statements while 40 feed requests were
+/// in flight: the distinct backends whose last statement read `posts` and started during the
+/// burst (pg_stat_activity, sampled every 2 ms; the checker's own connections excluded). A
+/// backend is `active` only while a statement executes, a fraction of each round trip, so
+/// counting the active ones at an instant would see fewer than the pool holds.
 async fn active_connections(admin: &sqlx::PgPool, api: &Api, session: &Session) -> anyhow::Result<usize> {
     let query = format!("limit={}", session.variant.limit);
     let tokens: Vec<String> =
         session.users.iter().map(|&u| session.token(u, feed_core::auth::Tier::Internal)).collect();
+    let since: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("select clock_timestamp()").fetch_one(admin).await?;
     let done = std::sync::atomic::AtomicBool::new(false);
     let sample = async {
-        let mut most = 0i64;
+        let mut backends = std::collections::BTreeSet::new();
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
-            let active: i64 = sqlx::query_scalar(
-                "select count(*) from pg_stat_activity
-                 where backend_type = 'client backend' and state = 'active' and pid <> pg_backend_pid()
-                   and query not ilike '%pg_stat_activity%'",
+            let pids: Vec<i32> = sqlx::query_scalar(
+                "select pid from pg_stat_activity
+                 where backend_type = 'client backend' and pid <> pg_backend_pid()
+                   and query ilike '%posts%' and query not ilike '%pg_stat_activity%' and query_start >= $1",
             )
-            .fetch_one(admin)
+            .bind(since)
+            .fetch_all(admin)
             .await?;
-            most = most.max(active);
+            backends.extend(pids);
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        anyhow::Ok(most)
+        anyhow::Ok(backends.len())
     };
     let load = async {
         let _ = futures::future::join_all((0..40).map(|i| api.feed(&tokens[i % tokens.len()], &query))).await;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     let (most, ()) = tokio::join!(sample, load);
-    Ok(most? as usize)
+    most
 }
 
 /// The right answers, from what was measured (for the interviewer, and for the tests).
@@ -717,13 +732,24 @@ fn grade_one(question: Question, given: &str, incident: &Incident, observed: &Ob
             )
         }
         Question::Pool => {
-            let most = observed.active_connections.unwrap_or(0);
-            let ok = given.parse::<usize>().is_ok_and(|n| n == most);
+            let used = observed.active_connections.unwrap_or(0);
+            let said = given.parse::<usize>().ok();
             (
-                ok,
-                format!(
-                    "with 40 requests in flight, at most {most} of the service's connections were active at once (pg_stat_activity)"
-                ),
+                said == Some(used),
+                // Which way, never the count: a few tries would find it without measuring.
+                match said {
+                    Some(n) if n > used => {
+                        "with 40 requests in flight, fewer of the service's connections than that ran \
+                                           its statements (pg_stat_activity: pid, query, query_start)"
+                            .into()
+                    }
+                    Some(_) => "with 40 requests in flight, more of the service's connections than that ran its \
+                                statements (pg_stat_activity: pid, query, query_start)"
+                        .into(),
+                    None => {
+                        "a number of connections: count them in pg_stat_activity while requests are in flight".into()
+                    }
+                },
             )
         }
         Question::Key => {
@@ -765,11 +791,22 @@ fn grade_one(question: Question, given: &str, incident: &Incident, observed: &Ob
                     .parse::<f64>()
                     .is_ok_and(|ms| (ms - d.as_millis() as f64).abs() <= (d.as_millis() as f64 * 0.25).max(50.0)),
             };
+            let said = given.parse::<f64>().ok();
             (
                 ok,
-                match observed.feed_wait {
-                    None => "a feed request got no answer within 12 s".into(),
-                    Some(d) => format!("a feed request answered after {} ms", d.as_millis()),
+                // Which way, never the time: time one request yourself (curl -w '%{time_total}').
+                match (observed.feed_wait, said) {
+                    (None, _) => {
+                        "a feed request waited longer than that: time one yourself (curl -m 15 -w '%{time_total}')"
+                            .into()
+                    }
+                    (Some(_), None) => "a feed request did answer: time one yourself (curl -w '%{time_total}')".into(),
+                    (Some(d), Some(ms)) if ms > d.as_millis() as f64 => {
+                        "a feed request answered sooner than that: time one yourself (curl -w '%{time_total}')".into()
+                    }
+                    (Some(_), Some(_)) => {
+                        "a feed request waited longer than that: time one yourself (curl -w '%{time_total}')".into()
+                    }
                 },
             )
         }
@@ -780,12 +817,19 @@ fn grade_one(question: Question, given: &str, incident: &Incident, observed: &Ob
                 Some(Some(s)) => given.parse::<f64>().is_ok_and(|a| (a - s).abs() <= s * 0.1 + 1.0),
                 None => false,
             };
+            let said = given.parse::<f64>().ok();
             (
                 ok,
-                match ttl {
-                    Some(None) => "a cached page's key has no expiry (TTL -1)".into(),
-                    Some(Some(s)) => format!("the cached pages' keys have at most {s:.0} s to live"),
-                    None => "no cached page is in Redis after a few users' reads".into(),
+                // Which way, never the value: read the keys' PTTL yourself.
+                match (ttl, said) {
+                    (None, _) => "no cached page is in Redis after a few users' reads".into(),
+                    (Some(Some(s)), Some(a)) if a < s => {
+                        "the keys that hold pages live longer than that: read their PTTL".into()
+                    }
+                    (Some(Some(_)), Some(_)) => {
+                        "the keys that hold pages live shorter than that: read their PTTL".into()
+                    }
+                    _ => "not what the keys that hold pages say: read their PTTL".into(),
                 },
             )
         }
@@ -862,14 +906,22 @@ pub fn hint() -> anyhow::Result<String> {
 }
 
 /// `incident fix`: the incident's code into the workbench (the files it replaces are kept aside).
-pub fn fix() -> anyhow::Result<String> {
+pub fn fix(give_up: bool) -> anyhow::Result<String> {
     let mut session = Session::load()?;
+    // The code names what went wrong (its comments, its release): it is the repair's, not the
+    // diagnosis'.
+    anyhow::ensure!(
+        session.diagnosed_at_ms.is_some() || give_up,
+        "diagnose it first: `cargo kata incident answer …` until every answer is right (or \
+         `cargo kata incident fix --give-up`, which the report shows)"
+    );
+    session.gave_up |= session.diagnosed_at_ms.is_none();
     // The `incidents` binary holds each incident's code (its base with its release applied).
     let binary = match crate::build::build("incidents")? {
         crate::build::Built::Binary(path) => path,
         crate::build::Built::CompileError(e) => anyhow::bail!("the incidents do not compile:\n{e}"),
     };
-    let printed = std::process::Command::new(&binary).args([session.variant.incident.as_str(), "--code"]).output()?;
+    let printed = std::process::Command::new(&binary).args([&session.variant.incident().name, "--code"]).output()?;
     anyhow::ensure!(
         printed.status.success(),
         "{} --code: {}",
@@ -932,6 +984,9 @@ pub fn report(session: &Session, verified: Option<&crate::Report>) -> String {
             writeln!(out, "  attempt at {:.1} min: {} of {} right", minutes(attempt.at_ms), attempt.right, attempt.of);
     }
     let _ = writeln!(out, "hints used: {} of {}", session.hints_shown, incident.hints.len());
+    if session.gave_up {
+        out.push_str("gave up on the diagnosis: took the code with `incident fix --give-up`\n");
+    }
     match (session.fixed_at_ms, verified) {
         (None, _) => out.push_str("repair: not attempted (`cargo kata incident fix`)\n"),
         (Some(at), None) => {

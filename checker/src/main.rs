@@ -270,8 +270,12 @@ enum IncidentCommand {
     },
     /// The next hint for the running incident (counted in the report).
     Hint,
-    /// Put the running incident's code in workbench/ to repair it.
-    Fix,
+    /// Put the running incident's code in workbench/ to repair it, once the diagnosis is right.
+    Fix {
+        /// Take the code before the diagnosis is right (the report says so).
+        #[arg(long)]
+        give_up: bool,
+    },
     /// For the interviewer: time to the diagnosis, attempts, hints, and whether the repair passes.
     Report {
         /// Do not run `verify` on the workbench for the repair.
@@ -399,7 +403,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let env = KataEnv::start(services.options(profile)).await?;
             let measured = checker::diagnose::measure(&env, target).await?;
             let (report, all_right) = checker::diagnose::grade(target, &answers, &measured, reveal);
-            checker::learner::record_diagnosis(target, all_right)?;
+            // Only a diagnosis of the incident (a statement repeated per request) unlocks what
+            // `verify stage-0` hides: a right account of an already fixed feed proves nothing.
+            if measured.repeated().is_some() {
+                checker::learner::record_diagnosis(target, all_right)?;
+            }
             print!("{report}");
             return Ok(if all_right { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
@@ -507,7 +515,7 @@ async fn incident(action: IncidentCommand) -> anyhow::Result<ExitCode> {
             return Ok(if all { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         IncidentCommand::Hint => print!("{}", incident::hint()?),
-        IncidentCommand::Fix => print!("{}", incident::fix()?),
+        IncidentCommand::Fix { give_up } => print!("{}", incident::fix(give_up)?),
         IncidentCommand::Report { no_verify, services } => {
             let session = incident::Session::load()?;
             let verified = match (session.fixed_at_ms, no_verify) {

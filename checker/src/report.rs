@@ -239,7 +239,7 @@ impl Report {
         self.checks.push(check);
         self.verdict = if self.checks.iter().any(|c| c.status == Status::Fail) {
             Verdict::Fail
-        } else if self.checks.iter().all(Check::passed) {
+        } else if self.checks.iter().all(Check::passed) && !self.partial {
             Verdict::Pass
         } else {
             Verdict::NotProven
@@ -260,6 +260,16 @@ impl Report {
         self.checks.iter().filter(|c| !matches!(c.status, Status::Pass | Status::Fail))
     }
 
+    /// The promises a failed check breaks at this bar: of those it enforces, the ones of the
+    /// highest bar up to this one (stage-1's "at most 2 statements" is not stage-0's to break,
+    /// and stage-0's "the incident reproduces" is kept by the code stage-1 fails).
+    fn broken(&self, check: &Check) -> Vec<&'static crate::registry::Promise> {
+        let promises: Vec<_> =
+            check.promises.iter().filter_map(|id| registry().promise(id)).filter(|p| p.bar <= self.stage).collect();
+        let highest = promises.iter().map(|p| p.bar).max();
+        promises.into_iter().filter(|p| Some(p.bar) == highest).collect()
+    }
+
     /// The text a learner reads.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
@@ -274,7 +284,7 @@ impl Report {
                         let _ = writeln!(out, "          | {line}");
                     }
                 }
-                for promise in check.promises.iter().filter_map(|id| registry().promise(id)) {
+                for promise in self.broken(check) {
                     let _ = writeln!(out, "          broken: {} {}", promise.id, promise.text);
                 }
                 if let Some(doc) = &check.doc {

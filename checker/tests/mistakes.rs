@@ -65,6 +65,10 @@ fn judge(case: &MistakeCase, report: &Report) -> Result<(), String> {
     if report.checks.iter().any(|c| c.status == Status::NotRun) {
         return Err("some checks did not run".into());
     }
+    // A check the checker could not measure has caught nothing, whatever its status says.
+    if let Some(errored) = report.checks.iter().find(|c| c.summary.starts_with("could not measure")) {
+        return Err(format!("{} errored: {}", errored.name(), errored.summary));
+    }
     let symptom = report.checks.iter().find(|c| c.id == case.symptom.check).ok_or("the symptom's check did not run")?;
     let pattern = regex::Regex::new(&case.symptom.pattern).map_err(|e| e.to_string())?;
     if !pattern.is_match(&symptom.summary) {

@@ -58,7 +58,9 @@ incidents!(
     after_help = "`incidents --list` prints every incident; `incidents NAME --code` prints an incident's code."
 )]
 struct Cli {
-    /// The incident to serve.
+    /// The incident to serve (or KATA_INCIDENT: the checker passes it there, so that the
+    /// process list does not name it).
+    #[arg(env = "KATA_INCIDENT")]
     incident: String,
     /// Serve its repair instead (the healthy service its release, incidents/releases/NAME.diff,
     /// broke).

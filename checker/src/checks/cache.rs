@@ -477,26 +477,37 @@ pub async fn race_read_during_post(run: &Run<'_>) -> anyhow::Result<Check> {
     let reader = async {
         // Until the INSERT is waiting on the lock (or SETUP: then the service did not insert yet).
         let deadline = Instant::now() + SETUP;
-        while Instant::now() < deadline {
+        let mut raced = false;
+        while !raced && Instant::now() < deadline {
             let waiting: i64 = sqlx::query_scalar(
                 "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query ilike '%insert%posts%'",
             )
             .fetch_one(&run.env.admin)
             .await?;
-            if waiting > 0 {
-                break;
+            raced = waiting > 0;
+            if !raced {
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let mut statuses = Vec::new();
         for api in &run.instances {
             statuses.push(api.feed(&token, "").await?.status);
         }
         lock.commit().await?;
-        anyhow::Ok(statuses)
+        anyhow::Ok((statuses, raced))
     };
     let (created, during) = tokio::join!(writer, reader);
-    let (created, during) = (created?, during?);
+    let (created, (during, raced)) = (created?, during?);
+    if !raced {
+        return Ok(Check::not_applicable(
+            NAME,
+            format!(
+                "no INSERT into posts waited on the checker's lock within {} s of the POST (POST → {}): the race was not produced",
+                SETUP.as_secs(),
+                created.status
+            ),
+        ));
+    }
     let post_id = created.json().map(|p| p["id"].clone()).unwrap_or_default();
     let firsts = first_ids(run, &token, "").await?;
     let fresh = firsts.iter().filter(|id| **id == post_id).count();

@@ -158,7 +158,14 @@ pub async fn verify_checks(
     describe_environment(env, &mut report);
     let mut checks = planned(bar, topology);
     if !only.is_empty() {
+        let outside: Vec<&str> = only.iter().filter(|id| !checks.contains(id)).map(|id| id.name()).collect();
+        anyhow::ensure!(
+            outside.is_empty(),
+            "{bar}'s bar does not run {} (`cargo kata checks {bar}` lists the checks it runs)",
+            outside.join(", ")
+        );
         checks.retain(|id| only.contains(id));
+        // Some checks of the bar only: never a verdict on the bar (not proven at best).
         report.partial = true;
     }
     let Some(launch) = build(&target, &mut report, &checks).await? else {

@@ -325,10 +325,16 @@ pub async fn reissued_tokens(run: &Run<'_>, report: &mut Report) -> anyhow::Resu
 /// is this machine's), as from a phone that changes networks.
 pub async fn source_addresses(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
     const NAME: CheckId = CheckId::RatelimitSourceAddresses;
+    let addresses: Vec<IpAddr> = (2..=9).map(|last| IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))).collect();
+    // Linux routes all of 127/8 to loopback; other systems may have only 127.0.0.1.
+    if let Some(missing) = addresses.iter().find(|a| std::net::UdpSocket::bind((**a, 0)).is_err()) {
+        return Ok(Check::not_proven(
+            NAME,
+            format!("this machine cannot send from {missing} (only 127.0.0.1 is a loopback address here)"),
+        ));
+    }
     let token = free_token(run)?;
-    let clients: Vec<Api> = (2..=9)
-        .map(|last| Api::from_address(&run.api.base_url, Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))))
-        .collect();
+    let clients: Vec<Api> = addresses.iter().map(|&a| Api::from_address(&run.api.base_url, Some(a))).collect();
     let result = burst(BURST, |i| {
         let api = &clients[i % clients.len()];
         (api, api.get("/api/feed").bearer_auth(&token), String::new())
