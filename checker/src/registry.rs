@@ -377,17 +377,22 @@ fn mistakes_table(bar: Option<StageId>, topology: Topology, markdown: bool) -> S
         let _ = if markdown {
             writeln!(
                 out,
-                "| `{}` | {} | {family} | {origin} | {fails} | `{}`: `{}` |",
+                "| `{}` | {} | {family} | {origin} | {fails} | `{}`: {} |",
                 case.name,
                 case.bar,
                 case.symptom.check,
-                case.symptom.pattern.replace('|', "\\|")
+                code_span(&case.symptom.pattern.replace('|', "\\|"))
             )
         } else {
             writeln!(out, "  {:<28} {} {:<11} fails {fails}", case.name, case.bar, family)
         };
     }
     out
+}
+
+/// `text` as a Markdown code span: fenced with two backticks (and spaces) when it holds one.
+fn code_span(text: &str) -> String {
+    if text.contains('`') { format!("`` {text} ``") } else { format!("`{text}`") }
 }
 
 #[cfg(test)]
@@ -407,8 +412,18 @@ mod tests {
     #[test]
     fn a_check_entry_missing_from_the_file_is_an_error() {
         let text = include_str!("../registry.toml");
-        let without = text.replacen("name = \"cache.stampede\"", "name = \"cache.hit_ratio\"", 1);
+        let start = text.find("[[check]]\nname = \"cache.stampede\"").expect("stampede's entry");
+        let end = start + 1 + text[start + 1..].find("\n[[").expect("an entry after it");
+        let without = format!("{}{}", &text[..start], &text[end + 1..]);
         let error = Registry::parse(&without).unwrap_err();
+        assert!(error.contains("cache.stampede has no entry"), "{error}");
+    }
+
+    #[test]
+    fn a_check_entry_written_twice_is_an_error() {
+        let text = include_str!("../registry.toml");
+        let twice = text.replacen("name = \"cache.stampede\"", "name = \"cache.hit_ratio\"", 1);
+        let error = Registry::parse(&twice).unwrap_err();
         assert!(error.contains("registered twice"), "{error}");
     }
 

@@ -56,7 +56,7 @@ macro_rules! assert_text_snapshot {
                 (r"(?m)^( +\| )by total time:\n(?: +\| .*\n)+", "${1}by total time: [table]\n"),
                 (r"(?m)^the same, by total time:\n(?:.+\n)+", "the same, by total time: [table]\n"),
                 (r"after \d+ attempt\(s\)", "after [n] attempt(s)"),
-                (r"warm again after [\d.]+ s \(\d+ read\(s\)\)", "warm again after [s] s ([n] read(s))"),
+                (r"warm again after [\d.]+ s \(\d+ pass\(es\) over", "warm again after [s] s ([n] pass(es) over"),
             ],
         }, {
             insta::assert_snapshot!($name, $report.to_text());
