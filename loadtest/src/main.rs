@@ -24,9 +24,32 @@ use clap::Parser as _;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
-    match cli.command {
-        Some(cli::Command::Matrix(args)) => run::matrix(args).await,
-        Some(cli::Command::Capacity(args)) => run::capacity(args).await,
-        None => run::single(cli.run).await,
+    let run = async {
+        match cli.command {
+            Some(cli::Command::Matrix(args)) => run::matrix(args).await,
+            Some(cli::Command::Capacity(args)) => run::capacity(args).await,
+            None => run::single(cli.run).await,
+        }
+    };
+    // The services and the target run in process groups of their own, out of the terminal's
+    // reach: a signal drops the run, whose drops stop them. (During an attack Goose takes
+    // Ctrl-C itself: the attack ends early and the run finishes, stopping them too.)
+    tokio::select! {
+        outcome = run => outcome,
+        signal = stop_signal() => Err(anyhow::anyhow!("{signal}; everything the load test started is stopped")),
+    }
+}
+
+/// The first of SIGINT (Ctrl-C), SIGTERM and SIGHUP.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return "interrupted";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted",
+        _ = term.recv() => "terminated",
+        _ = hangup.recv() => "hung up",
     }
 }

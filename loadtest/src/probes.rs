@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kata_services::prometheus::value;
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -93,14 +94,6 @@ async fn scrape(http: &reqwest::Client, base_url: &str) -> Option<String> {
     response.error_for_status().ok()?.text().await.ok()
 }
 
-/// The value of an unlabelled metric in Prometheus text format.
-fn value(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let (metric, value) = line.split_once(' ')?;
-        if metric == name { value.trim().parse().ok() } else { None }
-    })
-}
-
 /// The service's DB pool over a run, from its `db_pool_active` and `db_pool_max` gauges.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct PoolUse {
@@ -173,14 +166,6 @@ fn summarise(samples: &[(f64, f64)]) -> Option<PoolUse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn metrics_are_read_by_exact_name() {
-        let text = "# TYPE db_pool_active gauge\ndb_pool_active_total 9\ndb_pool_active 3\ndb_pool_max 10\n";
-        assert_eq!(value(text, "db_pool_active"), Some(3.0));
-        assert_eq!(value(text, "db_pool_max"), Some(10.0));
-        assert_eq!(value(text, "db_pool_idle"), None);
-    }
 
     #[test]
     fn pool_use_is_mean_and_max_of_the_samples() {

@@ -112,13 +112,8 @@ impl Live {
 }
 
 /// The 99th percentile of `times`, by rank (none when empty).
-pub fn p99(mut times: Vec<u64>) -> Option<u64> {
-    if times.is_empty() {
-        return None;
-    }
-    times.sort_unstable();
-    let rank = ((times.len() as f64) * 0.99).ceil() as usize;
-    Some(times[rank.clamp(1, times.len()) - 1])
+pub fn p99(times: Vec<u64>) -> Option<u64> {
+    (!times.is_empty()).then(|| kata_services::stats::percentile(&times, 0.99))
 }
 
 /// Reports a load phase once a second on a bar (requests, rate, current p99, errors, ETA), or

@@ -63,7 +63,8 @@ const INHERITED: &[&str] = &[
     "RUST_LOG",
     "RUST_BACKTRACE",
     "RUST_LIB_BACKTRACE",
-    // `--cmd 'cargo run …'`: the same toolchain, and the same target directory (not a rebuild).
+    // `--cmd 'cargo run …'`: the same toolchain and target directory (a flag such as RUSTFLAGS
+    // is not passed through: set it in the command if the build needs it).
     "CARGO_HOME",
     "RUSTUP_HOME",
     "RUSTUP_TOOLCHAIN",
@@ -273,7 +274,9 @@ mod tests {
         let printed = command(&Launch::Shell("env".into()), caller, &settings).output().expect("sh runs");
 
         let env = String::from_utf8(printed.stdout).unwrap();
-        let mut env: Vec<&str> = env.lines().filter(|line| !line.starts_with("PWD=")).collect();
+        // What the shell itself adds (dash: PWD; bash as sh: SHLVL and `_` too) is not inherited.
+        let own = ["PWD=", "SHLVL=", "_="];
+        let mut env: Vec<&str> = env.lines().filter(|line| !own.iter().any(|o| line.starts_with(o))).collect();
         env.sort_unstable();
         assert_eq!(
             env,

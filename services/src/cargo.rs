@@ -145,9 +145,20 @@ impl Build {
         let (mut executables, mut compiled, mut first_error) = (BTreeMap::new(), 0, None);
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
         for message in Message::parse_stream(stdout) {
-            match message? {
+            let message = match message {
+                Ok(message) => message,
+                Err(e) => {
+                    // A message we cannot read: cargo is not left building behind our back.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(e).context("reading cargo's messages");
+                }
+            };
+            match message {
                 Message::CompilerArtifact(artifact) => {
-                    if !artifact.fresh {
+                    // A build script's own compilation is not a crate of the build.
+                    let build_script = artifact.target.kind.iter().any(|k| k.to_string() == "custom-build");
+                    if !artifact.fresh && !build_script {
                         compiled += 1;
                         on_compiled(&artifact.target.name);
                     }

@@ -190,7 +190,6 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Does `name` resolve on `PATH`?
 /// Where `name` is on PATH, if it is.
 pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
     std::env::var_os("PATH")

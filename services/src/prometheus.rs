@@ -2,8 +2,9 @@
 //! load test: with `prometheus-parse`, not by splitting lines.
 
 /// Every sample of a counter, gauge or untyped metric in `text`, as `(name, value)`: one per
-/// label set (a histogram's or summary's own samples are left out). A line the parser cannot
-/// read ends the list there: what came before it still counts.
+/// label set (a histogram's or summary's buckets and quantiles are left out; the parser gives
+/// their `_sum` and `_count` as untyped samples of their own names). A line the parser cannot
+/// read is skipped.
 pub fn samples(text: &str) -> Vec<(String, f64)> {
     let lines = text.lines().map(|line| Ok(line.to_owned()));
     let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else { return Vec::new() };
