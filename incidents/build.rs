@@ -1,8 +1,9 @@
 //! Each incident twice, for `src/main.rs` to include: as on-call finds it, and repaired. An
 //! incident is a release gone wrong: `releases/NAME.diff` is that release, a diff of one of the
 //! healthy services in `base/` (the one its `---` line names). Applied, it gives the incident's
-//! code; its repair is the base itself, so the reference repair is the release reverted, and no
-//! incident's code is written twice.
+//! code; its repair is the base itself, so the reference repair is the release reverted. A base
+//! is itself a file (`base/sql.rs`) or a diff of another base (`base/cached.diff`: the cache
+//! over `sql.rs`), so no code is written twice.
 
 use std::path::Path;
 
@@ -22,8 +23,7 @@ fn main() {
             .original()
             .and_then(|path| path.strip_prefix("a/"))
             .unwrap_or_else(|| panic!("releases/{name}.diff: its `--- a/BASE.rs` line names no base"));
-        let base = std::fs::read_to_string(Path::new("base").join(base_name))
-            .unwrap_or_else(|e| panic!("releases/{name}.diff: base/{base_name}: {e}"));
+        let base = base(base_name);
         let code = diffy::apply(&base, &patch).unwrap_or_else(|e| panic!("releases/{name}.diff does not apply: {e}"));
         // What `incident fix` puts in the workbench, whole.
         std::fs::write(out.join(format!("{name}.lib.rs")), &code).expect("writable OUT_DIR");
@@ -32,4 +32,22 @@ fn main() {
         std::fs::write(out.join(format!("{name}.rs")), strip(&code)).expect("writable OUT_DIR");
         std::fs::write(out.join(format!("{name}_repaired.rs")), strip(&base)).expect("writable OUT_DIR");
     }
+}
+
+/// The healthy service `base/NAME` (`cached.rs`): the file itself, or `base/STEM.diff` applied to
+/// the base its `---` line names.
+fn base(name: &str) -> String {
+    let path = Path::new("base").join(name);
+    if path.exists() {
+        return std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("base/{name}: {e}"));
+    }
+    let stem = name.trim_end_matches(".rs");
+    let diff = std::fs::read_to_string(format!("base/{stem}.diff"))
+        .unwrap_or_else(|e| panic!("base/{name}: neither a file nor base/{stem}.diff: {e}"));
+    let patch = diffy::Patch::from_str(&diff).unwrap_or_else(|e| panic!("base/{stem}.diff: {e}"));
+    let parent = patch
+        .original()
+        .and_then(|path| path.strip_prefix("a/"))
+        .unwrap_or_else(|| panic!("base/{stem}.diff: its `--- a/BASE.rs` line names no base"));
+    diffy::apply(&base(parent), &patch).unwrap_or_else(|e| panic!("base/{stem}.diff does not apply: {e}"))
 }
