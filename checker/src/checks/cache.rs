@@ -552,29 +552,51 @@ pub async fn race_read_during_post(run: &Run<'_>) -> anyhow::Result<Check> {
 /// them. On a cluster topology the service talks to the nodes directly: the rounds are not forced.
 pub async fn stampede(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Check> {
     const CONCURRENT: usize = 120;
-    let user = run.users.timeline()?;
-    let token = run.token(user);
     let apis = &run.instances;
-    run.env.flush_redis().await?;
     let lockstep = run.env.cluster.is_none().then(|| run.env.services.redis_proxy());
-    let before = pgss::snapshot(&run.env.admin).await?;
-    if let Some(proxy) = lockstep {
-        proxy.lockstep(true);
-    }
-    let replies = futures::future::join_all((0..CONCURRENT).map(|i| apis[i % apis.len()].feed(&token, ""))).await;
-    if let Some(proxy) = lockstep {
-        proxy.lockstep(false);
-    }
-    let after = pgss::snapshot(&run.env.admin).await?;
-    let statements = pgss::delta(&before, &after);
-    let count = pgss::total_calls(&statements);
-    let expected = normalise(run.oracle(user, 20).await?);
-    let correct = replies
-        .iter()
-        .filter(|r| r.as_ref().is_ok_and(|r| r.status == 200 && r.json().map(normalise).as_ref() == Some(&expected)))
-        .count();
+    // A second try only when the first was disturbed: the service says it bypassed Redis (its
+    // Redis calls timed out: the machine starved it during the rounds), so Postgres answered
+    // what Redis would have. A lock that lets several fills through runs them without any
+    // bypass, and fails the first try.
+    let mut disturbed = None;
+    let mut attempt = 0;
+    let (count, correct, statements) = loop {
+        attempt += 1;
+        let user = run.users.timeline()?;
+        let token = run.token(user);
+        run.env.flush_redis().await?;
+        let bypasses_before = run.service_counters().await.get("cache_bypass_total").copied().unwrap_or(0.0);
+        let before = pgss::snapshot(&run.env.admin).await?;
+        if let Some(proxy) = lockstep {
+            proxy.lockstep(true);
+        }
+        let replies = futures::future::join_all((0..CONCURRENT).map(|i| apis[i % apis.len()].feed(&token, ""))).await;
+        if let Some(proxy) = lockstep {
+            proxy.lockstep(false);
+        }
+        let after = pgss::snapshot(&run.env.admin).await?;
+        let bypassed = run.service_counters().await.get("cache_bypass_total").copied().unwrap_or(0.0) - bypasses_before;
+        let statements = pgss::delta(&before, &after);
+        let count = pgss::total_calls(&statements);
+        let expected = normalise(run.oracle(user, 20).await?);
+        let correct = replies
+            .iter()
+            .filter(|r| {
+                r.as_ref().is_ok_and(|r| r.status == 200 && r.json().map(normalise).as_ref() == Some(&expected))
+            })
+            .count();
+        if count > 1 && bypassed > 0.0 && attempt == 1 {
+            disturbed = Some(format!(
+                "a first try ran {count} SQL statements, but the service bypassed Redis {bypassed:.0} time(s) (its Redis \
+                 calls timed out): measured again on another cold feed"
+            ));
+            continue;
+        }
+        break (count, correct, statements);
+    };
     report.metric("stampede_statements", count);
     let most = Expectation::AtMost(1.0);
+    let table = pgss::table(&statements, 4);
     Ok(Check::new(
         CheckId::CacheStampede,
         most.holds(count as f64) && correct == CONCURRENT,
@@ -587,7 +609,10 @@ pub async fn stampede(run: &Run<'_>, report: &mut Report) -> anyhow::Result<Chec
             if count == 1 { "" } else { "s" },
         ),
     )
-    .evidence(pgss::table(&statements, 4)))
+    .evidence(match disturbed {
+        Some(first) => format!("{first}\n{table}"),
+        None => table,
+    }))
 }
 
 /// A read that misses waits only for the fill that will answer it. A cold `limit=20` read's

@@ -443,21 +443,24 @@ pub async fn postgres_down(run: &mut Run<'_>) -> anyhow::Result<Check> {
     )))
 }
 
-/// After Postgres is back: pooled connections died with the server, and the pool must replace
-/// them by itself within the time a request may take. Writes read no cache, so each attempt needs
-/// the database. Behind a balancer the POST and the feed may reach different instances, each with
-/// a pool of its own to repair: both must have answered once. (Recovered, attempts, wrote.)
+/// After Postgres is back: pooled connections died with the server, and each pool must replace
+/// them by itself within the time a request may take. Writes read no cache, so each needs the
+/// database: every instance must have answered a POST 201 (asked directly, not through the
+/// balancer, so that no instance's pool is left untried), and the page that failed during the
+/// outage a 200. (Recovered, attempts, wrote.)
 async fn recover(run: &Run<'_>, cold: i64, other: i64, author: i64) -> (bool, usize, bool) {
     let started = Instant::now();
     let mut attempts = 0;
-    let (mut wrote, mut read) = (false, false);
+    let mut written = vec![false; run.instances.len()];
+    let mut read = false;
     loop {
         attempts += 1;
-        if !wrote {
+        for (api, done) in run.instances.iter().zip(written.iter_mut()).filter(|(_, done)| !**done) {
             let body = json!({ "user_id": other, "body": "the database is back" });
-            let reply = run.api.send(run.api.post("/api/posts").bearer_auth(run.token(author)).json(&body)).await;
-            wrote = reply.is_ok_and(|r| r.status == 201);
+            let reply = api.send(api.post("/api/posts").bearer_auth(run.token(author)).json(&body)).await;
+            *done = reply.is_ok_and(|r| r.status == 201);
         }
+        let wrote = written.iter().all(|&w| w);
         if wrote && !read {
             read = run.api.feed(&run.token(cold), "").await.is_ok_and(|r| r.status == 200);
         }

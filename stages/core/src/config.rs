@@ -28,8 +28,8 @@ pub struct Config {
     #[arg(long, env = "JWT_SECRET", default_value = crate::auth::DEV_SECRET, hide_default_value = true)]
     pub jwt_secret: String,
 
-    /// Connections in the Postgres pool. 10 is a common default (sqlx, HikariCP's sizing advice
-    /// for a few cores); it is also what makes the N+1 saturate under load, as in the lesson.
+    /// Connections in the Postgres pool. 10 is a common default (sqlx's, and HikariCP's sizing
+    /// advice for a few cores): the pool a service like this one is usually shipped with.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 10)]
     pub db_pool_size: u32,
 

@@ -47,7 +47,7 @@ impl CacheConfig {
     ///
     /// THE TTL: the freshness bound is a maximum, so the jitter goes below it, never above: with
     /// `300 ± 10 %`, a page could live 330 s and an author's new name show after five and a half
-    /// minutes, breaking the product's rule for a tenth of the keys.
+    /// minutes, breaking the product's rule for half of the keys.
     pub fn jittered_ttl(&self) -> Duration {
         let most = self.cache_ttl_secs as f64;
         let spread = most * self.cache_ttl_jitter_pct as f64 / 100.0;
