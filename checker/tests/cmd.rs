@@ -131,7 +131,12 @@ async fn the_python_implementation_passes_stage_1_and_fails_stage_2_on_the_cache
 
     let two = verify_cmd(StageId::Stage2, &command, ready).await;
     let failed: Vec<&str> = two.failed().map(|c| c.name()).collect();
-    assert_eq!(failed, ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede"]);
+    assert_eq!(
+        failed,
+        ["cache.hit_ratio", "cache.ttl_jitter", "cache.warm_read_statements", "cache.stampede"],
+        "{}",
+        two.to_text()
+    );
     let not_applicable: Vec<&str> =
         two.checks.iter().filter(|c| c.status == Status::NotApplicable).map(|c| c.name()).collect();
     assert_eq!(
