@@ -688,152 +688,150 @@ fn forever(answer: &str) -> bool {
     matches!(answer.trim().to_lowercase().as_str(), "none" | "never" | "forever" | "for ever" | "infinite" | "-1")
 }
 
-/// Grade one answer: right or not, and the measurement that refutes a wrong one (never the cause).
+/// Grade one answer: right or not, and the measurement that refutes a wrong one (never the cause,
+/// never the measured value: which way it is off, and where to look).
 fn grade_one(question: Question, given: &str, incident: &Incident, observed: &Observed) -> (bool, String) {
     match question {
-        Question::Statement => {
-            let fault = observed.fault_statement();
-            let ok = fault.is_some_and(|f| shape_of(given) == shape_of(&f.query));
-            let ran: i64 =
-                observed.statements.iter().filter(|s| shape_of(&s.query) == shape_of(given)).map(|s| s.calls).sum();
-            (
-                ok,
-                format!(
-                    "that statement ran {ran} times over {} requests; sort pg_stat_statements by calls and by total time",
-                    observed.requests
-                ),
-            )
-        }
-        Question::Calls => {
-            let calls = observed.calls_per_request();
-            let ok = given.parse::<f64>().ok().zip(calls).is_some_and(|(a, c)| a == c.round());
-            (
-                ok,
-                "divide the statement's `calls` by the requests you sent (count them: reset pg_stat_statements first)"
-                    .into(),
-            )
-        }
-        Question::PlanNode => {
-            let nodes: Vec<&str> =
-                observed.posts_plan.iter().flat_map(|(_, n)| n.iter().map(|n| n.node.as_str())).collect();
-            let ok = observed.posts_node().is_some_and(|n| crate::diagnose::same_node(n, given));
-            let has = nodes.iter().any(|n| crate::diagnose::same_node(n, given));
-            (
-                ok,
-                if has {
-                    format!(
-                        "the plan has a {given} node, but it does not read posts: read the plan from the innermost node"
-                    )
-                } else {
-                    format!(
-                        "the plan of the statement that reads posts has no {given} node: EXPLAIN it with a real user id"
-                    )
-                },
-            )
-        }
-        Question::Pool => {
-            let used = observed.active_connections.unwrap_or(0);
-            let said = given.parse::<usize>().ok();
-            (
-                said == Some(used),
-                // Which way, never the count: a few tries would find it without measuring.
-                match said {
-                    Some(n) if n > used => {
-                        "with 40 requests in flight, fewer of the service's connections than that ran \
-                                           its statements (pg_stat_activity: pid, query, query_start)"
-                            .into()
-                    }
-                    Some(_) => "with 40 requests in flight, more of the service's connections than that ran its \
-                                statements (pg_stat_activity: pid, query, query_start)"
-                        .into(),
-                    None => {
-                        "a number of connections: count them in pg_stat_activity while requests are in flight".into()
-                    }
-                },
-            )
-        }
-        Question::Key => {
-            let faults = observed.fault_keys(incident);
-            let ok = faults.iter().any(|k| key_shape(k) == key_shape(given));
-            let exists = observed.keys.iter().any(|(k, _)| key_shape(k) == key_shape(given));
-            (
-                ok,
-                if exists {
-                    "a key of that shape is in Redis, but it is not the one at fault: compare a slow or wrong user's keys with another's (TTL, what they hold)".into()
-                } else {
-                    "no key of that shape is in Redis after a few users' reads: `KEYS *` and `TTL`".into()
-                },
-            )
-        }
-        Question::WaitsFor => {
-            let (named, answered) = match given.trim().to_lowercase().as_str() {
-                "postgres" | "postgresql" | "database" => (Some("postgres"), observed.postgres_answers),
-                "redis" | "cache" => (Some("redis"), observed.redis_answers),
-                _ => (None, None),
-            };
-            let ok = named.is_some() && truth(incident, observed).waits_for.as_deref() == named;
-            (
-                ok,
-                match answered {
-                    Some(true) => {
-                        format!("{given} answered within a second when the checker asked it (select 1 / PING)")
-                    }
-                    _ => {
-                        "try each dependency yourself: psql's `select 1`, redis-cli's PING, each with a timeout".into()
-                    }
-                },
-            )
-        }
-        Question::WaitMs => {
-            let ok = match observed.feed_wait {
-                None => forever(given),
-                Some(d) => given
-                    .parse::<f64>()
-                    .is_ok_and(|ms| (ms - d.as_millis() as f64).abs() <= (d.as_millis() as f64 * 0.25).max(50.0)),
-            };
-            let said = given.parse::<f64>().ok();
-            (
-                ok,
-                // Which way, never the time: time one request yourself (curl -w '%{time_total}').
-                match (observed.feed_wait, said) {
-                    (None, _) => {
-                        "a feed request waited longer than that: time one yourself (curl -m 15 -w '%{time_total}')"
-                            .into()
-                    }
-                    (Some(_), None) => "a feed request did answer: time one yourself (curl -w '%{time_total}')".into(),
-                    (Some(d), Some(ms)) if ms > d.as_millis() as f64 => {
-                        "a feed request answered sooner than that: time one yourself (curl -w '%{time_total}')".into()
-                    }
-                    (Some(_), Some(_)) => {
-                        "a feed request waited longer than that: time one yourself (curl -w '%{time_total}')".into()
-                    }
-                },
-            )
-        }
-        Question::TtlS => {
-            let ttl = observed.ttl_s();
-            let ok = match ttl {
-                Some(None) => forever(given),
-                Some(Some(s)) => given.parse::<f64>().is_ok_and(|a| (a - s).abs() <= s * 0.1 + 1.0),
-                None => false,
-            };
-            let said = given.parse::<f64>().ok();
-            (
-                ok,
-                // Which way, never the value: read the keys' PTTL yourself.
-                match (ttl, said) {
-                    (None, _) => "no cached page is in Redis after a few users' reads".into(),
-                    (Some(Some(s)), Some(a)) if a < s => {
-                        "the keys that hold pages live longer than that: read their PTTL".into()
-                    }
-                    (Some(Some(_)), Some(_)) => {
-                        "the keys that hold pages live shorter than that: read their PTTL".into()
-                    }
-                    _ => "not what the keys that hold pages say: read their PTTL".into(),
-                },
-            )
-        }
+        Question::Statement => grade_statement(given, observed),
+        Question::Calls => grade_calls(given, observed),
+        Question::PlanNode => grade_plan_node(given, observed),
+        Question::Pool => grade_pool(given, observed),
+        Question::Key => grade_key(given, incident, observed),
+        Question::WaitsFor => grade_waits_for(given, incident, observed),
+        Question::WaitMs => grade_wait_ms(given, observed),
+        Question::TtlS => grade_ttl_s(given, observed),
     }
+}
+
+fn grade_statement(given: &str, observed: &Observed) -> (bool, String) {
+    let fault = observed.fault_statement();
+    let ok = fault.is_some_and(|f| shape_of(given) == shape_of(&f.query));
+    let ran: i64 = observed.statements.iter().filter(|s| shape_of(&s.query) == shape_of(given)).map(|s| s.calls).sum();
+    (
+        ok,
+        format!(
+            "that statement ran {ran} times over {} requests; sort pg_stat_statements by calls and by total time",
+            observed.requests
+        ),
+    )
+}
+
+fn grade_calls(given: &str, observed: &Observed) -> (bool, String) {
+    let calls = observed.calls_per_request();
+    let ok = given.parse::<f64>().ok().zip(calls).is_some_and(|(a, c)| a == c.round());
+    (ok, "divide the statement's `calls` by the requests you sent (count them: reset pg_stat_statements first)".into())
+}
+
+fn grade_plan_node(given: &str, observed: &Observed) -> (bool, String) {
+    let nodes: Vec<&str> = observed.posts_plan.iter().flat_map(|(_, n)| n.iter().map(|n| n.node.as_str())).collect();
+    let ok = observed.posts_node().is_some_and(|n| crate::diagnose::same_node(n, given));
+    let has = nodes.iter().any(|n| crate::diagnose::same_node(n, given));
+    (
+        ok,
+        if has {
+            format!("the plan has a {given} node, but it does not read posts: read the plan from the innermost node")
+        } else {
+            format!("the plan of the statement that reads posts has no {given} node: EXPLAIN it with a real user id")
+        },
+    )
+}
+
+fn grade_pool(given: &str, observed: &Observed) -> (bool, String) {
+    let used = observed.active_connections.unwrap_or(0);
+    let said = given.parse::<usize>().ok();
+    (
+        said == Some(used),
+        // Which way, never the count: a few tries would find it without measuring.
+        match said {
+            Some(n) if n > used => "with 40 requests in flight, fewer of the service's connections than that ran \
+                                   its statements (pg_stat_activity: pid, query, query_start)"
+                .into(),
+            Some(_) => "with 40 requests in flight, more of the service's connections than that ran its \
+                        statements (pg_stat_activity: pid, query, query_start)"
+                .into(),
+            None => "a number of connections: count them in pg_stat_activity while requests are in flight".into(),
+        },
+    )
+}
+
+fn grade_key(given: &str, incident: &Incident, observed: &Observed) -> (bool, String) {
+    let faults = observed.fault_keys(incident);
+    let ok = faults.iter().any(|k| key_shape(k) == key_shape(given));
+    let exists = observed.keys.iter().any(|(k, _)| key_shape(k) == key_shape(given));
+    (
+        ok,
+        if exists {
+            "a key of that shape is in Redis, but it is not the one at fault: compare a slow or wrong user's keys with another's (TTL, what they hold)".into()
+        } else {
+            "no key of that shape is in Redis after a few users' reads: `KEYS *` and `TTL`".into()
+        },
+    )
+}
+
+fn grade_waits_for(given: &str, incident: &Incident, observed: &Observed) -> (bool, String) {
+    let (named, answered) = match given.trim().to_lowercase().as_str() {
+        "postgres" | "postgresql" | "database" => (Some("postgres"), observed.postgres_answers),
+        "redis" | "cache" => (Some("redis"), observed.redis_answers),
+        _ => (None, None),
+    };
+    let ok = named.is_some() && truth(incident, observed).waits_for.as_deref() == named;
+    (
+        ok,
+        match answered {
+            Some(true) => {
+                format!("{given} answered within a second when the checker asked it (select 1 / PING)")
+            }
+            _ => "try each dependency yourself: psql's `select 1`, redis-cli's PING, each with a timeout".into(),
+        },
+    )
+}
+
+fn grade_wait_ms(given: &str, observed: &Observed) -> (bool, String) {
+    let ok = match observed.feed_wait {
+        None => forever(given),
+        Some(d) => given
+            .parse::<f64>()
+            .is_ok_and(|ms| (ms - d.as_millis() as f64).abs() <= (d.as_millis() as f64 * 0.25).max(50.0)),
+    };
+    let said = given.parse::<f64>().ok();
+    (
+        ok,
+        // Which way, never the time: time one request yourself (curl -w '%{time_total}').
+        match (observed.feed_wait, said) {
+            (None, _) => {
+                "a feed request waited longer than that: time one yourself (curl -m 15 -w '%{time_total}')".into()
+            }
+            (Some(_), None) => "a feed request did answer: time one yourself (curl -w '%{time_total}')".into(),
+            (Some(d), Some(ms)) if ms > d.as_millis() as f64 => {
+                "a feed request answered sooner than that: time one yourself (curl -w '%{time_total}')".into()
+            }
+            (Some(_), Some(_)) => {
+                "a feed request waited longer than that: time one yourself (curl -w '%{time_total}')".into()
+            }
+        },
+    )
+}
+
+fn grade_ttl_s(given: &str, observed: &Observed) -> (bool, String) {
+    let ttl = observed.ttl_s();
+    let ok = match ttl {
+        Some(None) => forever(given),
+        Some(Some(s)) => given.parse::<f64>().is_ok_and(|a| (a - s).abs() <= s * 0.1 + 1.0),
+        None => false,
+    };
+    let said = given.parse::<f64>().ok();
+    (
+        ok,
+        // Which way, never the value: read the keys' PTTL yourself.
+        match (ttl, said) {
+            (None, _) => "no cached page is in Redis after a few users' reads".into(),
+            (Some(Some(s)), Some(a)) if a < s => {
+                "the keys that hold pages live longer than that: read their PTTL".into()
+            }
+            (Some(Some(_)), Some(_)) => "the keys that hold pages live shorter than that: read their PTTL".into(),
+            _ => "not what the keys that hold pages say: read their PTTL".into(),
+        },
+    )
 }
 
 /// `incident answer`: grade `answers` against the running incident; save the attempt.
