@@ -629,9 +629,10 @@ pub async fn steady_client(run: &Run<'_>, report: &mut Report) -> anyhow::Result
         json!({ "admitted": admitted, "asked": asked }),
         json!({ "admitted": expected }),
         format!(
-            "{admitted} of {asked} admitted to a free user asking every {} ms for {elapsed:.1} s after its bucket was emptied (refill {}/s: expected {expected}); statuses {statuses:?}",
+            "{admitted} of {asked} admitted to a free user asking every {} ms for {elapsed:.1} s after its bucket was emptied (refill {}/s: expected {expected}); statuses {}",
             EVERY.as_millis(),
-            FREE.1
+            FREE.1,
+            statuses.iter().map(|(s, n)| format!("{s} ×{n}")).collect::<Vec<_>>().join(", ")
         ),
     ))
 }
