@@ -317,7 +317,7 @@ async fn main() -> ExitCode {
     // started are stopped and the throwaway servers stopped and their data deleted.
     let outcome = tokio::select! {
         outcome = run(Cli::parse()) => outcome,
-        signal = stop_signal() => Err(anyhow::anyhow!("{signal}; everything the checker started is stopped")),
+        signal = kata_services::stop_signal() => Err(anyhow::anyhow!("{signal}; everything the checker started is stopped")),
     };
     match outcome {
         Ok(code) => code,
@@ -325,20 +325,6 @@ async fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
-    }
-}
-
-/// The first of SIGINT (Ctrl-C), SIGTERM and SIGHUP.
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return "interrupted";
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = term.recv() => "terminated",
-        _ = hangup.recv() => "hung up",
     }
 }
 

@@ -36,20 +36,6 @@ async fn main() -> anyhow::Result<ExitCode> {
     // Ctrl-C itself: the attack ends early and the run finishes, stopping them too.)
     tokio::select! {
         outcome = run => outcome,
-        signal = stop_signal() => Err(anyhow::anyhow!("{signal}; everything the load test started is stopped")),
-    }
-}
-
-/// The first of SIGINT (Ctrl-C), SIGTERM and SIGHUP.
-async fn stop_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut hangup)) = (signal(SignalKind::terminate()), signal(SignalKind::hangup())) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return "interrupted";
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "interrupted",
-        _ = term.recv() => "terminated",
-        _ = hangup.recv() => "hung up",
+        signal = kata_services::stop_signal() => Err(anyhow::anyhow!("{signal}; everything the load test started is stopped")),
     }
 }

@@ -15,6 +15,7 @@ pub mod prometheus;
 mod proxy;
 mod redis_cluster;
 mod redis_server;
+mod signal;
 pub mod stats;
 mod wait;
 
@@ -25,6 +26,7 @@ pub use postgres::Postgres;
 pub use proxy::LatencyProxy;
 pub use redis_cluster::{RedisCluster, node_url, quiet_client};
 pub use redis_server::RedisServer;
+pub use signal::stop_signal;
 
 use anyhow::Context as _;
 use url::Url;
