@@ -73,6 +73,8 @@ struct Burst {
     limited_say_zero: bool,
     /// Admitted, per label of the request (a route, an address), when the burst labels them.
     admitted_by: BTreeMap<String, (usize, usize)>,
+    /// Admitted responses that carried a `RateLimit` header: a limiter ran for them.
+    admitted_counted: usize,
 }
 
 impl Burst {
@@ -92,13 +94,18 @@ impl Burst {
         self.expected(tier).holds(self.admitted as f64) && self.other.is_empty() && self.unanswered == 0
     }
 
+    /// Every request of the burst, whatever became of it.
+    fn sent(&self) -> usize {
+        self.admitted + self.limited + self.other.len() + self.unanswered
+    }
+
     fn describe(&self, tier: (f64, f64)) -> String {
         let (low, high) = self.bounds(tier);
         let mut text = format!(
             "{} admitted, {} limited of {} in {:.2} s (expected {low}..={high}: bucket {} + refill {:.1}/s × {:.2} s)",
             self.admitted,
             self.limited,
-            self.admitted + self.limited + self.other.len() + self.unanswered,
+            self.sent(),
             self.duration.as_secs_f64(),
             tier.0,
             tier.1,
@@ -147,7 +154,10 @@ where
             entry.0 += usize::from(reply.as_ref().is_ok_and(|r| r.status == 200 || r.status == 201));
         }
         match reply {
-            Ok(r) if r.status == 200 || r.status == 201 => result.admitted += 1,
+            Ok(r) if r.status == 200 || r.status == 201 => {
+                result.admitted += 1;
+                result.admitted_counted += usize::from(r.header("ratelimit").is_some());
+            }
             Ok(r) if r.status == 429 => {
                 result.limited += 1;
                 let retry: Option<u64> = r.header("retry-after").and_then(|v| v.parse().ok());
@@ -218,13 +228,17 @@ pub async fn single_user_burst(run: &Run<'_>, report: &mut Report) -> anyhow::Re
         && honest
         && result.limited_say_zero
         && after_wait == 200;
-    let summary = if result.limited == 0 {
+    let summary = if result.limited == 0 && result.admitted_counted == 0 {
         format!(
-            "no rate limit: all {} requests of one free-tier user's burst were served (expected {}..={})",
+            "no rate limit: {} of {} requests of one free-tier user's burst were served, none with a RateLimit header (expected {}..={})",
             result.admitted,
+            result.sent(),
             result.bounds(FREE).0,
             result.bounds(FREE).1
         )
+    } else if result.limited == 0 {
+        // A limiter ran (its header came back) and still refused nothing: it lost count.
+        format!("{}; RateLimit sent on admitted responses, yet none refused", result.describe(FREE))
     } else {
         format!(
             "{}; every 429 had Retry-After ≥ 1: {}; {}",
