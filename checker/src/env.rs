@@ -29,6 +29,9 @@ pub struct EnvOptions {
     pub redis_cluster: bool,
     /// The seed of the data (`feed_core::seed`): the same seed, the same users and posts.
     pub seed: u64,
+    /// Keep cargo's output off the terminal when building what is graded (`watch` and `status`
+    /// print only the outcome; a compile error is shown as the compiler's first error).
+    pub quiet_builds: bool,
 }
 
 impl Default for EnvOptions {
@@ -40,6 +43,7 @@ impl Default for EnvOptions {
             ready_timeout: DEFAULT_READY_TIMEOUT,
             redis_cluster: false,
             seed: feed_core::seed::DEFAULT_SEED,
+            quiet_builds: false,
         }
     }
 }
@@ -119,7 +123,7 @@ impl KataEnv {
         implementation: Implementation,
         extra: &[(&str, &str)],
     ) -> anyhow::Result<AppProcess> {
-        match crate::build::build_async(implementation.name()).await? {
+        match crate::build::build_async(implementation.name(), self.options.quiet_builds).await? {
             Built::Binary(program) => self.start_app(&Launch::Program(program), extra).await,
             Built::CompileError(error) => anyhow::bail!("{} does not compile:\n{error}", implementation.name()),
         }

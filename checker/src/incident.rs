@@ -325,7 +325,7 @@ impl Running {
 pub async fn start(variant: Variant, options: EnvOptions, listen: Option<&str>) -> anyhow::Result<Running> {
     let incident = variant.incident();
     let mut env = KataEnv::start(EnvOptions { seed: variant.seed, ..options }).await?;
-    let binary = match crate::build::build_async("incidents").await? {
+    let binary = match crate::build::build_async("incidents", false).await? {
         crate::build::Built::Binary(path) => path,
         crate::build::Built::CompileError(e) => anyhow::bail!("the incidents do not compile:\n{e}"),
     };

@@ -33,8 +33,7 @@ impl ServiceArgs {
             db_latency_ms: self.db_latency_ms,
             honour_env: true,
             ready_timeout: std::time::Duration::from_secs(self.ready_timeout_secs),
-            redis_cluster: false,
-            seed: feed_core::seed::DEFAULT_SEED,
+            ..EnvOptions::default()
         }
     }
 }
@@ -315,7 +314,10 @@ async fn main() -> ExitCode {
         .init();
     // Ctrl-C, a closed terminal or a `kill` drops the running command, so the implementations it
     // started are stopped and the throwaway servers stopped and their data deleted.
+    // Biased: `up` and `incident start` end on Ctrl-C themselves, and the same Ctrl-C wakes both
+    // branches; the command's own ending (exit 0) goes first.
     let outcome = tokio::select! {
+        biased;
         outcome = run(Cli::parse()) => outcome,
         signal = kata_services::stop_signal() => Err(anyhow::anyhow!("{signal}; everything the checker started is stopped")),
     };
@@ -363,14 +365,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hint { check, restart, services } => return hint(check, restart, &services).await,
         Command::Status { services } => {
             eprintln!("starting services and grading workbench/ against each bar…");
-            let mut env = KataEnv::start(small(&services)).await?;
+            let mut env = KataEnv::start(EnvOptions { quiet_builds: true, ..small(&services) }).await?;
             let (table, all_pass) = checker::learner::status(&mut env).await?;
             print!("{table}");
             return Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
         Command::Watch { bar, services } => {
             eprintln!("starting services; then watching workbench/ (Ctrl-C stops)…");
-            let mut env = KataEnv::start(small(&services)).await?;
+            let mut env = KataEnv::start(EnvOptions { quiet_builds: true, ..small(&services) }).await?;
             checker::learner::watch(&mut env, bar).await?;
         }
         Command::Reset { what: _, yes } => return reset_workbench(yes),

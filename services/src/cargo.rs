@@ -43,7 +43,14 @@ pub enum Built {
 /// `cargo build -p <package> --bin <package>` in the caller's own profile (debug or release), so
 /// the build is a no-op when nothing changed. Cargo's progress goes to stderr as usual.
 pub fn build(package: &str) -> anyhow::Result<Built> {
-    let build = Build::new([package]).bin(package).run(|_| {})?;
+    build_with(package, false)
+}
+
+/// [`build`]; `quiet`: cargo's own output kept off the terminal, for a caller that prints only
+/// the outcome (the compiler's first error is in [`Built::CompileError`] either way).
+fn build_with(package: &str, quiet: bool) -> anyhow::Result<Built> {
+    let build = Build::new([package]).bin(package);
+    let build = if quiet { build.quiet() } else { build }.run(|_| {})?;
     match (build.status.success(), build.executables.get(package), build.first_error) {
         (true, Some(binary), _) => Ok(Built::Binary(binary.clone())),
         (_, _, Some(error)) => Ok(Built::CompileError(error)),
@@ -57,10 +64,11 @@ pub fn build(package: &str) -> anyhow::Result<Built> {
     }
 }
 
-/// [`build`] on a blocking thread, for async callers: cargo can take minutes.
-pub async fn build_async(package: &str) -> anyhow::Result<Built> {
+/// [`build`] on a blocking thread, for async callers: cargo can take minutes. `quiet`: cargo's
+/// own output kept off the terminal (the compiler's first error is in the result either way).
+pub async fn build_async(package: &str, quiet: bool) -> anyhow::Result<Built> {
     let package = package.to_owned();
-    tokio::task::spawn_blocking(move || build(&package)).await?
+    tokio::task::spawn_blocking(move || build_with(&package, quiet)).await?
 }
 
 /// One `cargo build` of several packages at once (their features unified, as cargo does for

@@ -168,7 +168,7 @@ pub async fn verify_checks(
         // Some checks of the bar only: never a verdict on the bar (not proven at best).
         report.partial = true;
     }
-    let Some(launch) = build(&target, &mut report, &checks).await? else {
+    let Some(launch) = build(&target, env.options.quiet_builds, &mut report, &checks).await? else {
         return Ok(report);
     };
     let users = Users::load(env).await?;
@@ -240,13 +240,18 @@ fn not_run(report: &mut Report, checks: &[CheckId], why: &str) {
 
 /// `builds`: how the target is started (`Some(None)`: somebody else runs it), or `None` when it
 /// does not compile (reported).
-async fn build(target: &Target, report: &mut Report, checks: &[CheckId]) -> anyhow::Result<Option<Option<Launch>>> {
+async fn build(
+    target: &Target,
+    quiet: bool,
+    report: &mut Report,
+    checks: &[CheckId],
+) -> anyhow::Result<Option<Option<Launch>>> {
     let implementation = match target {
         Target::Implementation(implementation) => implementation,
         Target::Cmd(command) => return Ok(Some(Some(Launch::Shell(command.clone())))),
         Target::Urls(_) => return Ok(Some(None)),
     };
-    match crate::build::build_async(implementation.name()).await? {
+    match crate::build::build_async(implementation.name(), quiet).await? {
         Built::Binary(program) => {
             report.push(Check::new(
                 CheckId::Builds,
