@@ -31,10 +31,13 @@ fn main() {
 
 /// Grade `case` `runs` times; fail unless every run was caught as the registry says.
 fn soak(case: &'static MistakeCase, runs: usize) -> Result<(), Failed> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut problems = Vec::new();
     for run in 1..=runs {
+        // A runtime per run: no task of one run (a proxy, a fault's timer) outlives it into the
+        // next, whose servers may listen on the ports this one freed.
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let report = runtime.block_on(grade(case));
+        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
         if let Err(problem) = judge(case, &report) {
             problems.push(format!("run {run}: {problem}\n{}", report.to_text()));
         }
